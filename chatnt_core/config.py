@@ -1,0 +1,187 @@
+"""Pydantic models for a ChatNT assembly, and their two-stage validation.
+
+Stage 1 (``ModelConfig.model_validate``): the shape of the file - known fields only
+(``extra="forbid"``), types, ranges. Stage 2 (``resolve_config``): every component name
+exists in the plugin registry, then each ``params`` block validates against that
+component's own params model. Neither stage loads weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from chatnt_core.errors import ConfigError, UnknownComponentError
+from chatnt_core.modality import Modality
+from chatnt_core.plugins import ComponentKind, PluginRegistry, get_registry
+
+VICUNA_SYSTEM_PROMPT = (
+    "A chat between a curious user and an artificial intelligence assistant that can "
+    "handle bio sequences. The assistant gives helpful, detailed, and polite answers to "
+    "the user's questions."
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentConfig(_Strict):
+    """One plugin component: which one (``name``), its ``params``, trained or frozen."""
+
+    name: str = Field(min_length=1, description="registered component name")
+    params: dict[str, Any] = Field(default_factory=dict, description="the plugin's params")
+    trainable: bool = Field(True, description="False freezes every weight of the component")
+
+
+class DecoderConfig(ComponentConfig):
+    trainable: bool = Field(False, description="the paper keeps the decoder frozen")
+
+
+class EncoderSlot(ComponentConfig):
+    """An encoder for one modality and the projection that feeds its output to the decoder."""
+
+    projection: ComponentConfig
+
+
+class PromptConfig(_Strict):
+    template: Literal["vicuna", "native"] = Field(
+        "vicuna",
+        description="'vicuna': the paper's 'USER: ... ASSISTANT:' format; "
+        "'native': the decoder tokenizer's own chat template",
+    )
+    system_prompt: str = Field(VICUNA_SYSTEM_PROMPT, description="system message")
+
+
+class ModelConfig(_Strict):
+    """A full assembly: encoders (one per modality), their projections, one decoder."""
+
+    name: str = Field("custom", description="a label for the assembly")
+    description: str = ""
+    num_latents: int = Field(64, ge=1, le=4096, description="K: vectors per sequence tag")
+    encoders: dict[Modality, EncoderSlot] = Field(description="encoder per modality")
+    decoder: DecoderConfig
+    prompt: PromptConfig = Field(default_factory=PromptConfig)  # type: ignore[arg-type]
+
+    @field_validator("encoders")
+    @classmethod
+    def _at_least_one(cls, value: dict[Modality, EncoderSlot]) -> dict[Modality, EncoderSlot]:
+        if not value:
+            raise ValueError("give at least one encoder, e.g. under 'dna:'")
+        return value
+
+
+@dataclass(frozen=True)
+class ResolvedComponent:
+    kind: ComponentKind
+    path: str  # e.g. "encoders.dna.projection"
+    config: ComponentConfig
+    params: BaseModel  # validated against the plugin's params model
+    plugin: str
+    version: str
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A config whose names exist and whose params passed their plugins' models."""
+
+    config: ModelConfig  # with every params block filled in with defaults
+    encoders: dict[Modality, ResolvedComponent]
+    projections: dict[Modality, ResolvedComponent]
+    decoder: ResolvedComponent
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def plugin_versions(self) -> dict[str, str]:
+        parts = [*self.encoders.values(), *self.projections.values(), self.decoder]
+        return {part.plugin: part.version for part in parts}
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line per problem, each led by its dotted field path."""
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in (*([prefix] if prefix else []), *item["loc"]))
+        lines.append(f"{path or '<root>'}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> ModelConfig:
+    """Stage 1: structure only."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def _resolve_component(
+    kind: ComponentKind, path: str, component: ComponentConfig, registry: PluginRegistry
+) -> ResolvedComponent:
+    try:
+        entry = registry.get(kind, component.name)
+    except UnknownComponentError as exc:
+        raise UnknownComponentError(f"{path}.name: {exc}") from None
+    try:
+        params = entry.params_model.model_validate(component.params)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, prefix=f"{path}.params")) from None
+    filled = component.model_copy(update={"params": params.model_dump(mode="json")})
+    return ResolvedComponent(kind, path, filled, params, entry.plugin, entry.version)
+
+
+def resolve_config(config: ModelConfig, registry: PluginRegistry | None = None) -> ResolvedConfig:
+    """Stage 2: names exist, params validate. Raises ConfigError naming the field path."""
+    registry = registry or get_registry()
+    encoders: dict[Modality, ResolvedComponent] = {}
+    projections: dict[Modality, ResolvedComponent] = {}
+    slots: dict[Modality, EncoderSlot] = {}
+    for modality, slot in config.encoders.items():
+        path = f"encoders.{modality.value}"
+        encoders[modality] = _resolve_component(ComponentKind.ENCODER, path, slot, registry)
+        projections[modality] = _resolve_component(
+            ComponentKind.PROJECTION, f"{path}.projection", slot.projection, registry
+        )
+        slots[modality] = EncoderSlot(
+            **encoders[modality].config.model_dump(exclude={"projection"}),
+            projection=projections[modality].config,
+        )
+    decoder = _resolve_component(ComponentKind.DECODER, "decoder", config.decoder, registry)
+    filled = config.model_copy(
+        update={"encoders": slots, "decoder": DecoderConfig(**decoder.config.model_dump())}
+    )
+    return ResolvedConfig(filled, encoders, projections, decoder)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def load_config(source: str | Path) -> ModelConfig:
+    """Load a config from a YAML file path or a preset name (see ``chatnt_core.presets``)."""
+    from chatnt_core.presets import preset_path
+
+    path = Path(source)
+    if not path.is_file():
+        path = preset_path(str(source))
+    return parse_config(read_yaml(path), source=str(path))
+
+
+def load_resolved_config(
+    source: str | Path, registry: PluginRegistry | None = None
+) -> ResolvedConfig:
+    return resolve_config(load_config(source), registry)

@@ -1,0 +1,161 @@
+"""The three component interfaces every plugin implements: Encoder, Projection, Decoder.
+
+The core never imports a concrete model. It talks to these abstract classes only, so a
+plugin that subclasses them (in any package) can be assembled from a config.
+
+Tensor-shape glossary (used in comments across the package):
+
+    B      batch size (prompts, or sequences for an encoder call)
+    N      encoder tokens per sequence, padded (N <= Encoder.max_tokens)
+    D_enc  encoder embedding width (Encoder.embed_dim)
+    Q      question tokens (decoder vocabulary), padded
+    K      latents per sequence: the projection's output length (config num_latents)
+    D      decoder hidden width (Decoder.hidden_size) = D_dec
+    T      decoder tokens in a prompt, padded; each @tag occupies K of them
+    V      decoder vocabulary size
+
+Masks are boolean, shape (B, N) or (B, Q) or (B, T), True where a position holds a real
+token and False at padding.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from chatnt_core.modality import Modality
+
+
+@dataclass
+class EncoderTokens:
+    """Encoder input ids for a batch of sequences."""
+
+    input_ids: torch.Tensor  # (B, N) long
+    mask: torch.Tensor  # (B, N) bool, True at real tokens
+
+
+@dataclass
+class EncoderOutput:
+    """Per-token embeddings of a batch of sequences."""
+
+    embeddings: torch.Tensor  # (B, N, D_enc)
+    mask: torch.Tensor  # (B, N) bool, True at real tokens
+
+
+@dataclass
+class DecoderOutput:
+    """Next-token logits and, when asked for, the KV cache to continue from."""
+
+    logits: torch.Tensor  # (B, T, V)
+    past_key_values: Any = None  # opaque to the core; handed back on the next call
+
+
+class Encoder(nn.Module, ABC):
+    """A biological-sequence encoder: sequences in, per-token embeddings out.
+
+    Subclasses set ``modality``, ``embed_dim`` and ``max_tokens`` in ``__init__``. The
+    tokenizer is part of the encoder because published weights only make sense with the
+    ids they were trained on.
+    """
+
+    modality: Modality
+    embed_dim: int  # D_enc
+    max_tokens: int  # the longest N the model accepts, special tokens included
+
+    @abstractmethod
+    def tokenize(self, sequences: Sequence[str]) -> EncoderTokens:
+        """Turn validated sequences into a right-padded id batch (B, N)."""
+
+    @abstractmethod
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
+        """(B, N) ids + (B, N) mask -> (B, N, D_enc) embeddings + the same mask."""
+
+    def encode(self, sequences: Sequence[str]) -> EncoderOutput:
+        """Tokenize and run in one call, on the encoder's own device."""
+        tokens = self.tokenize(sequences)
+        device = next(self.parameters()).device
+        return self(tokens.input_ids.to(device), tokens.mask.to(device))
+
+
+QuestionSource = Literal["own", "decoder"]
+
+
+class Projection(nn.Module, ABC):
+    """Maps one encoder's token embeddings to K vectors in the decoder's embedding space.
+
+    A projection may read the question (``uses_question``). Its question embeddings come
+    either from a table of its own (``question_source == "own"``, see ``embed_question``)
+    or from the decoder's input embeddings (``"decoder"``); the model picks the source.
+    """
+
+    num_latents: int  # K
+    output_dim: int  # D
+    uses_question: bool = False
+    question_source: QuestionSource = "decoder"
+
+    def embed_question(self, question_ids: torch.Tensor) -> torch.Tensor:
+        """(B, Q) decoder-vocabulary ids -> (B, Q, D) from the projection's own table."""
+        raise NotImplementedError(f"{type(self).__name__} has no question embedding table")
+
+    @abstractmethod
+    def forward(
+        self,
+        seq_embeddings: torch.Tensor,  # (B, N, D_enc)
+        seq_mask: torch.Tensor,  # (B, N) bool
+        question_embeddings: torch.Tensor | None = None,  # (B, Q, D)
+        question_mask: torch.Tensor | None = None,  # (B, Q) bool
+    ) -> torch.Tensor:
+        """Return (B, K, D) vectors that replace the K placeholder tokens of each tag."""
+
+
+class Decoder(nn.Module, ABC):
+    """An English causal language model driven through ``inputs_embeds``.
+
+    The core builds the prompt (template + K placeholder ids per tag), embeds it with
+    ``embed_tokens``, scatters the projected sequence vectors into the placeholder rows
+    and calls ``forward``. ``placeholder_token_id`` is an id the tokenizer knows but the
+    embedding table may not have a row for: ``embed_tokens`` must accept it.
+    """
+
+    hidden_size: int  # D
+    vocab_size: int  # V (rows of the output layer)
+    tokenizer_size: int  # ids the tokenizer can emit, placeholder included (>= V possible)
+    max_context: int  # longest T the decoder handles
+    placeholder_token: str  # the text form of the placeholder, e.g. "<seq>"
+    placeholder_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+
+    @abstractmethod
+    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+        """Text -> ids; the placeholder string maps to ``placeholder_token_id``."""
+
+    @abstractmethod
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Ids -> text, special tokens dropped."""
+
+    @abstractmethod
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D). Placeholder ids get any finite vector (overwritten)."""
+
+    @abstractmethod
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,  # (B, T, D)
+        attention_mask: torch.Tensor,  # (B, T_past + T) bool
+        position_ids: torch.Tensor,  # (B, T) long
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> DecoderOutput:
+        """Causal forward on embeddings; returns logits (B, T, V) and the cache."""
+
+    def native_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> str:
+        """Render messages with the decoder's own chat template (if it has one)."""
+        raise NotImplementedError(f"{type(self).__name__} has no chat template of its own")

@@ -1,0 +1,57 @@
+"""Sequence modalities, their alphabets and the tag suffixes that name them.
+
+A tag such as ``@promoter.fna`` says its modality through its suffix; a sequence record
+may also say it outright. The alphabets here are what the *prompt* accepts: IUPAC codes
+for nucleic acids (upper or lower case) and the 20 standard amino acids plus the usual
+ambiguity and rare codes for proteins. An encoder may map rare letters to its unknown
+token, but a letter outside these alphabets is always a user mistake.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Modality(str, Enum):
+    DNA = "dna"
+    RNA = "rna"
+    PROTEIN = "protein"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_NUCLEIC_AMBIGUITY = "NRYSWKMBDHV"
+
+ALPHABETS: dict[Modality, frozenset[str]] = {
+    Modality.DNA: frozenset("ACGT" + _NUCLEIC_AMBIGUITY),
+    Modality.RNA: frozenset("ACGU" + _NUCLEIC_AMBIGUITY),
+    # 20 standard amino acids, X (any), B/Z/J (ambiguous), U (Sec), O (Pyl), * (stop).
+    Modality.PROTEIN: frozenset("ACDEFGHIKLMNPQRSTVWY" + "XBZJUO*"),
+}
+
+TAG_SUFFIXES: dict[str, Modality] = {
+    ".fna": Modality.DNA,
+    ".fa": Modality.DNA,
+    ".fasta": Modality.DNA,
+    ".dna": Modality.DNA,
+    ".frn": Modality.RNA,
+    ".rna": Modality.RNA,
+    ".faa": Modality.PROTEIN,
+    ".prot": Modality.PROTEIN,
+}
+
+
+def modality_from_tag(tag: str) -> Modality | None:
+    """The modality a tag's suffix names (``promoter.fna`` -> DNA), or None."""
+    lowered = tag.lower()
+    for suffix, modality in TAG_SUFFIXES.items():
+        if lowered.endswith(suffix):
+            return modality
+    return None
+
+
+def invalid_characters(sequence: str, modality: Modality) -> list[tuple[int, str]]:
+    """(0-based position, character) of every character the modality does not allow."""
+    allowed = ALPHABETS[modality]
+    return [(i, ch) for i, ch in enumerate(sequence) if ch.upper() not in allowed]

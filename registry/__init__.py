@@ -1,0 +1,1 @@
+"""The declarative catalogue shipped as package data: ``models/`` presets, ``tasks/`` cards."""
