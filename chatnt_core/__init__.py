@@ -1,1 +1,55 @@
-"""chatnt core."""
+"""chatnt: pretrained sequence encoders + English LLM decoders -> conversational agents.
+
+The public names live here; see ``docs/architecture.md`` for the data flow.
+"""
+
+from chatnt_core.batching import Example, ModelBatch
+from chatnt_core.config import ModelConfig, ResolvedConfig, load_config, resolve_config
+from chatnt_core.conversation import ChatSession
+from chatnt_core.errors import ChatNTError, ConfigError, PromptError
+from chatnt_core.generation import GenerationConfig, generate_ids
+from chatnt_core.hookspecs import hookimpl
+from chatnt_core.interfaces import (
+    Decoder,
+    DecoderOutput,
+    Encoder,
+    EncoderOutput,
+    EncoderTokens,
+    Projection,
+)
+from chatnt_core.modality import Modality
+from chatnt_core.model import ChatNTModel, EncodingCache, ModelOutput
+from chatnt_core.plugins import BuildContext, get_registry
+from chatnt_core.prompt import SequenceInput, Turn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BuildContext",
+    "ChatNTError",
+    "ChatNTModel",
+    "ChatSession",
+    "ConfigError",
+    "Decoder",
+    "DecoderOutput",
+    "Encoder",
+    "EncoderOutput",
+    "EncoderTokens",
+    "EncodingCache",
+    "Example",
+    "GenerationConfig",
+    "Modality",
+    "ModelBatch",
+    "ModelConfig",
+    "ModelOutput",
+    "Projection",
+    "PromptError",
+    "ResolvedConfig",
+    "SequenceInput",
+    "Turn",
+    "generate_ids",
+    "get_registry",
+    "hookimpl",
+    "load_config",
+    "resolve_config",
+]

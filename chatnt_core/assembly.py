@@ -1,0 +1,77 @@
+"""Builders: a resolved config becomes live components, built by their plugins' factories.
+
+Order matters: the decoder first (its width and vocabulary size the projections need),
+then each encoder, then each projection sized from the encoder and the decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from chatnt_core.config import ResolvedComponent, ResolvedConfig
+from chatnt_core.errors import PluginError
+from chatnt_core.interfaces import Decoder, Encoder, Projection
+from chatnt_core.modality import Modality
+from chatnt_core.plugins import BuildContext, PluginRegistry, get_registry
+
+
+@dataclass
+class Components:
+    encoders: dict[Modality, Encoder]
+    projections: dict[Modality, Projection]
+    decoder: Decoder
+
+
+def _build(
+    part: ResolvedComponent,
+    context: BuildContext,
+    expected: type[nn.Module],
+    registry: PluginRegistry,
+) -> nn.Module:
+    entry = registry.get(part.kind, part.config.name)
+    built = entry.build(part.params, context)
+    if not isinstance(built, expected):
+        raise PluginError(
+            f"{part.path}: plugin '{entry.plugin}' built a {type(built).__name__} for "
+            f"'{entry.name}', not a {expected.__name__}; its factory must return one"
+        )
+    built.requires_grad_(part.config.trainable)
+    return built
+
+
+def build_components(resolved: ResolvedConfig, registry: PluginRegistry | None = None) -> Components:
+    """Call each factory with its validated params; freeze what the config freezes."""
+    registry = registry or get_registry()
+    decoder = _build(resolved.decoder, BuildContext(), Decoder, registry)
+    assert isinstance(decoder, Decoder)
+    num_latents = resolved.config.num_latents
+    encoders: dict[Modality, Encoder] = {}
+    projections: dict[Modality, Projection] = {}
+    for modality, part in resolved.encoders.items():
+        encoder = _build(part, BuildContext(modality=modality), Encoder, registry)
+        assert isinstance(encoder, Encoder)
+        if encoder.modality != modality:
+            raise PluginError(
+                f"{part.path}: encoder '{part.config.name}' encodes {encoder.modality.value}, "
+                f"not {modality.value}; move it under 'encoders.{encoder.modality.value}'"
+            )
+        context = BuildContext(
+            modality=modality,
+            input_dim=encoder.embed_dim,
+            output_dim=decoder.hidden_size,
+            num_latents=num_latents,
+            question_vocab_size=decoder.tokenizer_size,
+        )
+        projection = _build(resolved.projections[modality], context, Projection, registry)
+        assert isinstance(projection, Projection)
+        if projection.num_latents != num_latents or projection.output_dim != decoder.hidden_size:
+            raise PluginError(
+                f"{resolved.projections[modality].path}: the projection returns "
+                f"({projection.num_latents}, {projection.output_dim}) vectors per sequence, "
+                f"the model needs ({num_latents}, {decoder.hidden_size})"
+            )
+        encoders[modality] = encoder
+        projections[modality] = projection
+    return Components(encoders, projections, decoder)

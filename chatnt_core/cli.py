@@ -1,0 +1,147 @@
+"""The ``chatnt`` command line.
+
+User mistakes (``ChatNTError``) print one ``error: ...`` line on stderr and exit 1, with no
+traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from chatnt_core.config import load_config, resolve_config
+from chatnt_core.errors import ChatNTError
+from chatnt_core.plugins import ComponentKind, get_registry
+from chatnt_core.presets import preset_names
+
+app = typer.Typer(
+    help="ChatNT: ask English questions about DNA, RNA and protein sequences.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Validate, show and list model configs.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+
+
+def _plugin_listing() -> dict[str, Any]:
+    registry = get_registry()
+    components = [
+        {
+            "kind": kind.value,
+            "name": entry.name,
+            "plugin": entry.plugin,
+            "version": entry.version,
+            "params_schema": entry.params_model.model_json_schema(),
+        }
+        for kind in ComponentKind
+        for entry in (registry.entries[kind][name] for name in registry.names(kind))
+    ]
+    broken = [{"plugin": b.name, "error": b.error} for b in registry.broken]
+    return {"plugins": registry.plugins, "components": components, "broken": broken}
+
+
+@app.command()
+def plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+) -> None:
+    """List every registered component (kind, name, plugin, version) and broken plugins."""
+    listing = _plugin_listing()
+    if as_json:
+        typer.echo(json.dumps(listing, indent=2))
+        return
+    table = Table("kind", "name", "plugin", "version", "params")
+    for item in listing["components"]:
+        fields = ", ".join(item["params_schema"].get("properties", {})) or "-"
+        table.add_row(item["kind"], item["name"], item["plugin"], item["version"], fields)
+    console.print(table)
+    for item in listing["broken"]:
+        console.print(f"[red]broken plugin[/red] {item['plugin']}: {item['error']}")
+
+
+@config_app.command("validate")
+def config_validate(
+    source: Annotated[str, typer.Argument(help="a YAML file or a preset name")],
+) -> None:
+    """Check a config without loading any weights: structure, names, then each params block."""
+    resolved = resolve_config(load_config(source))
+    parts = [*resolved.encoders.values(), *resolved.projections.values(), resolved.decoder]
+    summary = ", ".join(f"{p.path}={p.config.name}" for p in parts)
+    typer.echo(f"ok: {source} ({summary})")
+
+
+@config_app.command("show")
+def config_show(
+    source: Annotated[str, typer.Argument(help="a YAML file or a preset name")],
+) -> None:
+    """Print the fully resolved config (defaults filled in) as YAML that validate accepts."""
+    typer.echo(resolve_config(load_config(source)).to_yaml(), nl=False)
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """List the shipped presets."""
+    for name in preset_names():
+        typer.echo(name)
+
+
+def _read_sequence_arg(value: str) -> tuple[str, str]:
+    name, sep, payload = value.partition("=")
+    if not sep or not name or not payload:
+        raise ChatNTError(f"--seq '{value}' is not NAME=SEQUENCE or NAME=FILE")
+    path = Path(payload)
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if sum(line.startswith(">") for line in lines) > 1:
+            raise ChatNTError(f"{path} holds several FASTA records; --seq takes one per name")
+        payload = "".join(line.strip() for line in lines if not line.startswith(">"))
+    return name.lstrip("@"), payload
+
+
+@app.command()
+def generate(
+    source: Annotated[str, typer.Argument(help="a YAML config or preset name")],
+    question: Annotated[str, typer.Argument(help="the question, naming sequences as @tags")],
+    seq: Annotated[
+        list[str] | None, typer.Option(help="NAME=SEQUENCE or NAME=FILE, once per tag")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 40,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Assemble a model from a config and answer one question (weights as the config says)."""
+    from chatnt_core.model import ChatNTModel
+
+    sequences = dict(_read_sequence_arg(item) for item in seq or [])
+    started = time.perf_counter()
+    model = ChatNTModel.from_config(source).eval()
+    built = time.perf_counter()
+    answer = model.generate(
+        [question], [sequences], max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+    )[0]
+    done = time.perf_counter()
+    typer.echo(answer)
+    typer.echo(
+        f"[assembled in {built - started:.1f}s, answered in {done - built:.2f}s]", err=True
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="chatnt")
+    except ChatNTError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""ChatNTModel: encoders + projections + decoder, wired as the paper's Methods §1.1.
+
+Read bottom-up: ``forward`` (teacher-forced loss on answer tokens) and ``generate`` both
+start from ``embed_prompt``, which embeds the prompt tokens, runs each unique sequence
+through its modality's encoder once, projects every tag occurrence with the question it
+sits in, and scatters the K vectors of each occurrence into its placeholder rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from chatnt_core.assembly import build_components
+from chatnt_core.batching import (
+    IGNORE_INDEX,
+    Example,
+    ModelBatch,
+    collate,
+    position_ids_from_mask,
+    tokenize_example,
+)
+from chatnt_core.config import ModelConfig, ResolvedConfig, load_config, resolve_config
+from chatnt_core.errors import PromptError
+from chatnt_core.interfaces import Decoder, Encoder, Projection
+from chatnt_core.merge import merge_sequence_embeddings
+from chatnt_core.modality import Modality
+from chatnt_core.plugins import PluginRegistry
+from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs
+
+
+class EncodingCache:
+    """Encoder outputs by (modality, sequence), so a conversation encodes each sequence once.
+
+    Valid while the encoder's weights do not change; a chat session owns one.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[Modality, str], torch.Tensor] = {}  # each (n, D_enc)
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, modality: Modality, sequence: str) -> torch.Tensor | None:
+        return self._rows.get((modality, sequence))
+
+    def put(self, modality: Modality, sequence: str, rows: torch.Tensor) -> None:
+        self._rows[(modality, sequence)] = rows.detach()
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor | None  # scalar, mean over answer tokens
+    logits: torch.Tensor  # (B, T, V)
+
+
+class ChatNTModel(nn.Module):
+    """The assembled model. Build it with ``ChatNTModel.from_config``."""
+
+    def __init__(
+        self,
+        resolved: ResolvedConfig,
+        encoders: Mapping[Modality, Encoder],
+        projections: Mapping[Modality, Projection],
+        decoder: Decoder,
+    ) -> None:
+        super().__init__()
+        self.resolved = resolved
+        self.config: ModelConfig = resolved.config
+        self.encoders = nn.ModuleDict({m.value: e for m, e in encoders.items()})
+        self.projections = nn.ModuleDict({m.value: p for m, p in projections.items()})
+        self.decoder = decoder
+
+    @classmethod
+    def from_config(
+        cls,
+        source: ModelConfig | ResolvedConfig | str | Path,
+        registry: PluginRegistry | None = None,
+    ) -> ChatNTModel:
+        """Build from a preset name, a YAML path, a ModelConfig or a ResolvedConfig."""
+        if isinstance(source, (str, Path)):
+            source = load_config(source)
+        resolved = source if isinstance(source, ResolvedConfig) else resolve_config(source, registry)
+        parts = build_components(resolved, registry)
+        return cls(resolved, parts.encoders, parts.projections, parts.decoder)
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    @property
+    def modalities(self) -> list[Modality]:
+        return [Modality(m) for m in self.encoders]
+
+    @property
+    def num_latents(self) -> int:
+        return self.config.num_latents
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    def encoder(self, modality: Modality) -> Encoder:
+        module = self.encoders[modality.value]
+        assert isinstance(module, Encoder)
+        return module
+
+    def projection(self, modality: Modality) -> Projection:
+        module = self.projections[modality.value]
+        assert isinstance(module, Projection)
+        return module
+
+    def tokenize(self, examples: Sequence[Example], require_all_used: bool = True) -> ModelBatch:
+        """Check, template, tokenize and pad a list of conversations."""
+        tokenized = [
+            tokenize_example(
+                example,
+                self.decoder,
+                self.config.prompt,
+                self.num_latents,
+                self.modalities,
+                require_all_used,
+            )
+            for example in examples
+        ]
+        return collate(tokenized, self.decoder.pad_token_id)
+
+    def prompt_batch(
+        self,
+        questions: Sequence[str],
+        sequences: Sequence[Mapping[str, str | SequenceInput]] | None = None,
+    ) -> ModelBatch:
+        """A batch of single-turn prompts, ``sequences[i]`` holding the tags of question i."""
+        sequences = sequences if sequences is not None else [{} for _ in questions]
+        if len(sequences) != len(questions):
+            raise PromptError(
+                f"got {len(questions)} questions but {len(sequences)} sequence mappings; "
+                "give one mapping per question"
+            )
+        examples = [
+            Example([Turn(q)], as_sequence_inputs(s)) for q, s in zip(questions, sequences)
+        ]
+        return self.tokenize(examples).to(self.device)
+
+    # ---- the data path -------------------------------------------------------------------
+
+    def encode_sequences(
+        self, modality: Modality, sequences: Sequence[str], cache: EncodingCache | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unique sequences -> (U, N, D_enc) embeddings and (U, N) mask, reusing ``cache``."""
+        encoder = self.encoder(modality)
+        rows: dict[str, torch.Tensor] = {}
+        missing = list(sequences)
+        if cache is not None:
+            for sequence in sequences:
+                hit = cache.get(modality, sequence)
+                if hit is not None:
+                    rows[sequence] = hit
+            missing = [s for s in sequences if s not in rows]
+        if missing:
+            out = encoder.encode(missing)  # (M, N, D_enc)
+            for i, sequence in enumerate(missing):
+                rows[sequence] = out.embeddings[i, out.mask[i]]  # (n_i, D_enc)
+                if cache is not None:
+                    cache.put(modality, sequence, rows[sequence])
+        ordered = [rows[s] for s in sequences]
+        width = max(r.shape[0] for r in ordered)
+        embeddings = ordered[0].new_zeros((len(ordered), width, encoder.embed_dim))
+        mask = torch.zeros((len(ordered), width), dtype=torch.bool, device=embeddings.device)
+        for i, r in enumerate(ordered):
+            embeddings[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = True
+        return embeddings, mask
+
+    def project_occurrences(
+        self, batch: ModelBatch, cache: EncodingCache | None = None
+    ) -> torch.Tensor:
+        """(O, K, D): the projected vectors of every tag occurrence, in batch order."""
+        out = torch.zeros(
+            (batch.num_occurrences, self.num_latents, self.decoder.hidden_size),
+            device=self.device,
+        )
+        for modality, unique in batch.sequences.items():
+            picks = [i for i, m in enumerate(batch.occurrence_modality) if m == modality]
+            embeddings, mask = self.encode_sequences(modality, unique, cache)  # (U, N, D_enc)
+            seq_index = torch.tensor([batch.occurrence_sequence[i] for i in picks])
+            q_index = torch.tensor([batch.occurrence_question[i] for i in picks])
+            projection = self.projection(modality)
+            q_emb = q_mask = None
+            if projection.uses_question:
+                q_ids = batch.question_ids[q_index.to(batch.question_ids.device)]  # (P, Q)
+                q_mask = batch.question_mask[q_index.to(batch.question_mask.device)]
+                if projection.question_source == "own":
+                    q_emb = projection.embed_question(q_ids)  # (P, Q, D)
+                else:
+                    q_emb = self.decoder.embed_tokens(q_ids)  # (P, Q, D)
+            seq_index = seq_index.to(embeddings.device)
+            projected = projection(embeddings[seq_index], mask[seq_index], q_emb, q_mask)
+            out = out.to(projected.dtype)
+            out[torch.tensor(picks, device=out.device)] = projected  # (P, K, D)
+        return out
+
+    def embed_prompt(self, batch: ModelBatch, cache: EncodingCache | None = None) -> torch.Tensor:
+        """(B, T, D) decoder input embeddings with the sequences merged in."""
+        tokens = self.decoder.embed_tokens(batch.input_ids)  # (B, T, D)
+        projected = self.project_occurrences(batch, cache)  # (O, K, D)
+        return merge_sequence_embeddings(
+            tokens, batch.input_ids, projected, self.decoder.placeholder_token_id
+        )
+
+    def forward(self, batch: ModelBatch) -> ModelOutput:
+        """Teacher-forced pass; the loss counts answer tokens only (labels != IGNORE_INDEX)."""
+        inputs_embeds = self.embed_prompt(batch)
+        out = self.decoder(
+            inputs_embeds=inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_from_mask(batch.attention_mask),
+        )
+        targets = batch.labels[:, 1:]  # token t predicts token t+1
+        if not bool((targets != IGNORE_INDEX).any()):
+            return ModelOutput(None, out.logits)
+        logits = out.logits[:, :-1]  # (B, T-1, V)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+        return ModelOutput(loss, out.logits)
+
+    def generate(
+        self,
+        questions: Sequence[str],
+        sequences: Sequence[Mapping[str, str | SequenceInput]] | None = None,
+        max_new_tokens: int = 40,
+        temperature: float = 0.0,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Answer single-turn questions in one padded batch (greedy unless temperature > 0)."""
+        from chatnt_core.generation import GenerationConfig, generate_ids
+
+        batch = self.prompt_batch(questions, sequences)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        ids = generate_ids(self, batch, config)
+        return [self.decoder.detokenize(row).strip() for row in ids]

@@ -1,0 +1,312 @@
+"""The Perceiver resamplers: ChatNT's English-aware one and the plain one (Supp. Fig. 1a).
+
+Both map a variable-length encoder output to K learned latents in the decoder's width, so
+every tagged sequence costs the decoder exactly K prompt positions whatever its length.
+The English-aware variant also lets the latents read the question, so the summary it hands
+the decoder can depend on what is asked (the point of ChatNT's design).
+
+Layout, following the released ChatNT code (see DESIGN.md section 4): a biased linear map
+D_enc -> D, then ``num_layers`` layers of pre-LayerNorm residual sub-blocks. The keys and
+values of each cross-attention are the inputs concatenated with the latents *as they
+entered the layer* (not yet normalised or updated), and both sub-blocks use that same copy.
+No tanh gates, no positional encoding. Read bottom-up: factories, modules, the layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from chatnt_core.errors import ConfigError
+from chatnt_core.interfaces import Projection, QuestionSource
+from chatnt_core.plugins import BuildContext
+from chatnt_core.projections.attention import (
+    MaskedCrossAttention,
+    check_sequence_input,
+    require_dims,
+    resolve_head_dim,
+)
+
+
+class PerceiverLayer(nn.Module):
+    """One resampler layer: sequence cross-attention, optional question one, then an MLP."""
+
+    def __init__(
+        self, dim: int, num_heads: int, head_dim: int, ffn_dim: int, with_question: bool
+    ) -> None:
+        super().__init__()
+        self.norm_seq = nn.LayerNorm(dim)
+        self.attn_seq = MaskedCrossAttention(dim, num_heads, head_dim)
+        self.norm_question: nn.LayerNorm | None = nn.LayerNorm(dim) if with_question else None
+        self.attn_question: MaskedCrossAttention | None = (
+            MaskedCrossAttention(dim, num_heads, head_dim) if with_question else None
+        )
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, ffn_dim, bias=True)
+        self.fc2 = nn.Linear(ffn_dim, dim, bias=True)
+
+    def forward(
+        self,
+        latents: torch.Tensor,  # (B, K, D)
+        seq: torch.Tensor,  # (B, N, D)
+        seq_mask: torch.Tensor,  # (B, N) bool
+        question: torch.Tensor | None,  # (B, Q, D)
+        question_mask: torch.Tensor | None,  # (B, Q) bool
+    ) -> torch.Tensor:
+        x_in = latents  # keys/values of both attentions use this copy
+        b, k, _ = x_in.shape
+        latent_mask = torch.ones(b, k, dtype=torch.bool, device=x_in.device)  # (B, K)
+        kv = torch.cat([seq, x_in], dim=1)  # (B, N + K, D)
+        kv_mask = torch.cat([seq_mask, latent_mask], dim=1)  # (B, N + K)
+        x = x_in + self.attn_seq(self.norm_seq(x_in), kv, kv_mask)  # (B, K, D)
+        if self.attn_question is not None and self.norm_question is not None:
+            if question is None or question_mask is None:
+                raise ValueError("this layer reads the question; pass question embeddings")
+            kv = torch.cat([question, x_in], dim=1)  # (B, Q + K, D)
+            kv_mask = torch.cat([question_mask, latent_mask], dim=1)  # (B, Q + K)
+            x = x + self.attn_question(self.norm_question(x), kv, kv_mask)  # (B, K, D)
+        hidden = F.gelu(self.fc1(self.norm_ffn(x)), approximate="none")  # (B, K, F)
+        return x + self.fc2(hidden)  # (B, K, D)
+
+
+def _truncated_normal_(tensor: torch.Tensor, std: float) -> None:
+    """Normal(0, std) cut at two standard deviations (Haiku's TruncatedNormal)."""
+    nn.init.trunc_normal_(tensor, mean=0.0, std=std, a=-2.0 * std, b=2.0 * std)
+
+
+class _PerceiverBase(Projection):
+    """Shared body of both resamplers; subclasses decide whether the question is read."""
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        num_latents: int,
+        *,
+        num_layers: int,
+        num_heads: int,
+        head_dim: int | None,
+        ffn_dim: int | None,
+        with_question: bool,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ConfigError(f"num_layers must be >= 1, got {num_layers}")
+        self.input_dim = input_dim
+        self.output_dim = output_dim
+        self.num_latents = num_latents
+        resolved_head_dim = resolve_head_dim(output_dim, num_heads, head_dim)
+        self.input_proj = nn.Linear(input_dim, output_dim, bias=True)
+        self.latents = nn.Parameter(torch.empty(num_latents, output_dim))  # (K, D)
+        _truncated_normal_(self.latents.data, 1.0 / math.sqrt(output_dim))
+        self.layers = nn.ModuleList(
+            PerceiverLayer(
+                output_dim, num_heads, resolved_head_dim, ffn_dim or 4 * output_dim, with_question
+            )
+            for _ in range(num_layers)
+        )
+
+    def _resample(
+        self,
+        seq_embeddings: torch.Tensor,  # (B, N, D_enc)
+        seq_mask: torch.Tensor,  # (B, N)
+        question: torch.Tensor | None,  # (B, Q, D)
+        question_mask: torch.Tensor | None,  # (B, Q)
+    ) -> torch.Tensor:
+        seq_embeddings, mask = check_sequence_input(seq_embeddings, seq_mask, self.input_dim)
+        seq = self.input_proj(seq_embeddings)  # (B, N, D)
+        b = seq.shape[0]
+        x = self.latents.unsqueeze(0).expand(b, -1, -1)  # (B, K, D)
+        for layer in self.layers:
+            x = layer(x, seq, mask, question, question_mask)  # (B, K, D)
+        return x
+
+
+class PerceiverResampler(_PerceiverBase):
+    """The plain Perceiver resampler: latents read the sequence only (no question block)."""
+
+    uses_question = False
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        num_latents: int,
+        *,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        head_dim: int | None = None,
+        ffn_dim: int | None = None,
+    ) -> None:
+        super().__init__(
+            input_dim,
+            output_dim,
+            num_latents,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            ffn_dim=ffn_dim,
+            with_question=False,
+        )
+
+    def forward(
+        self,
+        seq_embeddings: torch.Tensor,  # (B, N, D_enc)
+        seq_mask: torch.Tensor,  # (B, N) bool
+        question_embeddings: torch.Tensor | None = None,  # ignored
+        question_mask: torch.Tensor | None = None,  # ignored
+    ) -> torch.Tensor:
+        """(B, N, D_enc) + mask -> (B, K, D); a question, if given, is ignored."""
+        return self._resample(seq_embeddings, seq_mask, None, None)
+
+
+class EnglishAwarePerceiver(_PerceiverBase):
+    """ChatNT's projection: the latents read the sequence, then the question, each layer.
+
+    With ``question_source="own"`` the question tokens are embedded by a trainable table
+    inside the projection (as in the released ChatNT), so the frozen decoder's table is
+    left alone; with ``"decoder"`` the model passes the decoder's own input embeddings.
+    """
+
+    uses_question = True
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        num_latents: int,
+        *,
+        num_layers: int = 3,
+        num_heads: int = 8,
+        head_dim: int | None = None,
+        ffn_dim: int | None = None,
+        question_source: QuestionSource = "own",
+        question_vocab_size: int | None = None,
+    ) -> None:
+        super().__init__(
+            input_dim,
+            output_dim,
+            num_latents,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            ffn_dim=ffn_dim,
+            with_question=True,
+        )
+        self.question_source = question_source
+        self.question_table: nn.Embedding | None = None
+        if question_source == "own":
+            if question_vocab_size is None or question_vocab_size < 1:
+                raise ConfigError(
+                    "question_embeddings='own' needs the decoder vocabulary size "
+                    "(BuildContext.question_vocab_size); set it or use 'decoder'"
+                )
+            self.question_table = nn.Embedding(question_vocab_size, output_dim)
+            # Same scale as the latents: keys are not normalised, so the table's scale
+            # sets how loudly the question speaks against the latents.
+            _truncated_normal_(self.question_table.weight.data, 1.0 / math.sqrt(output_dim))
+
+    def embed_question(self, question_ids: torch.Tensor) -> torch.Tensor:
+        """(B, Q) decoder-vocabulary ids -> (B, Q, D) from the projection's own table."""
+        if self.question_table is None:
+            return super().embed_question(question_ids)
+        return self.question_table(question_ids)  # (B, Q, D)
+
+    def forward(
+        self,
+        seq_embeddings: torch.Tensor,  # (B, N, D_enc)
+        seq_mask: torch.Tensor,  # (B, N) bool
+        question_embeddings: torch.Tensor | None = None,  # (B, Q, D)
+        question_mask: torch.Tensor | None = None,  # (B, Q) bool
+    ) -> torch.Tensor:
+        """(B, N, D_enc) + (B, Q, D) question -> (B, K, D).
+
+        An all-padding question row is allowed: the latents are always among the keys, so
+        the question block then just attends among the latents.
+        """
+        if question_embeddings is None:
+            raise ValueError(
+                "the english-aware-perceiver reads the question: pass question_embeddings "
+                "(B, Q, D) (from embed_question when question_source is 'own')"
+            )
+        if question_embeddings.dim() != 3 or question_embeddings.shape[-1] != self.output_dim:
+            raise ValueError(
+                f"expected question embeddings of shape (B, Q, {self.output_dim}), "
+                f"got {tuple(question_embeddings.shape)}"
+            )
+        b, q = question_embeddings.shape[:2]
+        if b != seq_embeddings.shape[0]:
+            raise ValueError(f"question batch {b} != sequence batch {seq_embeddings.shape[0]}")
+        if question_mask is None:
+            question_mask = torch.ones(b, q, dtype=torch.bool, device=question_embeddings.device)
+        elif question_mask.shape != (b, q):
+            raise ValueError(
+                f"question mask shape {tuple(question_mask.shape)} != embeddings {(b, q)}"
+            )
+        qmask = question_mask.to(torch.bool)  # (B, Q)
+        question = torch.where(qmask[..., None], question_embeddings, 0.0)  # (B, Q, D)
+        return self._resample(seq_embeddings, seq_mask, question, qmask)
+
+
+class PerceiverParams(BaseModel):
+    """Params of ``perceiver-resampler``; widths and K come from the assembly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_layers: int = Field(3, ge=1, description="Number of resampler layers (ChatNT: 3).")
+    num_heads: int = Field(8, ge=1, description="Attention heads per cross-attention.")
+    head_dim: int | None = Field(
+        None,
+        ge=1,
+        description="Width of each head; default decoder width // num_heads (must divide).",
+    )
+    ffn_dim: int | None = Field(
+        None, ge=1, description="Hidden width of each layer's MLP; default 4 x decoder width."
+    )
+
+
+class EnglishAwarePerceiverParams(PerceiverParams):
+    """Params of ``english-aware-perceiver``: the plain ones plus the question source."""
+
+    question_embeddings: Literal["own", "decoder"] = Field(
+        "own",
+        description="Embed the question with a trainable table of the projection's own "
+        "('own', as ChatNT) or reuse the decoder's input embeddings ('decoder').",
+    )
+
+
+def build_perceiver_resampler(params: PerceiverParams, context: BuildContext) -> PerceiverResampler:
+    """Factory registered as ``perceiver-resampler``."""
+    input_dim, output_dim, num_latents = require_dims(context, "perceiver-resampler")
+    return PerceiverResampler(
+        input_dim,
+        output_dim,
+        num_latents,
+        num_layers=params.num_layers,
+        num_heads=params.num_heads,
+        head_dim=params.head_dim,
+        ffn_dim=params.ffn_dim,
+    )
+
+
+def build_english_aware_perceiver(
+    params: EnglishAwarePerceiverParams, context: BuildContext
+) -> EnglishAwarePerceiver:
+    """Factory registered as ``english-aware-perceiver``."""
+    input_dim, output_dim, num_latents = require_dims(context, "english-aware-perceiver")
+    return EnglishAwarePerceiver(
+        input_dim,
+        output_dim,
+        num_latents,
+        num_layers=params.num_layers,
+        num_heads=params.num_heads,
+        head_dim=params.head_dim,
+        ffn_dim=params.ffn_dim,
+        question_source=params.question_embeddings,
+        question_vocab_size=context.question_vocab_size,
+    )
