@@ -41,7 +41,9 @@ def _build(
     return built
 
 
-def build_components(resolved: ResolvedConfig, registry: PluginRegistry | None = None) -> Components:
+def build_components(
+    resolved: ResolvedConfig, registry: PluginRegistry | None = None
+) -> Components:
     """Call each factory with its validated params; freeze what the config freezes."""
     registry = registry or get_registry()
     decoder = _build(resolved.decoder, BuildContext(), Decoder, registry)

@@ -30,7 +30,10 @@ app = typer.Typer(
 config_app = typer.Typer(help="Validate, show and list model configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-console = Console()
+
+def _console() -> Console:
+    """A console that does not wrap tables when the output is piped or captured."""
+    return Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _plugin_listing() -> dict[str, Any]:
@@ -63,6 +66,7 @@ def plugins(
     for item in listing["components"]:
         fields = ", ".join(item["params_schema"].get("properties", {})) or "-"
         table.add_row(item["kind"], item["name"], item["plugin"], item["version"], fields)
+    console = _console()
     console.print(table)
     for item in listing["broken"]:
         console.print(f"[red]broken plugin[/red] {item['plugin']}: {item['error']}")
@@ -130,9 +134,7 @@ def generate(
     )[0]
     done = time.perf_counter()
     typer.echo(answer)
-    typer.echo(
-        f"[assembled in {built - started:.1f}s, answered in {done - built:.2f}s]", err=True
-    )
+    typer.echo(f"[assembled in {built - started:.1f}s, answered in {done - built:.2f}s]", err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -117,7 +117,9 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> str:
 def parse_config(data: Any, source: str = "config") -> ModelConfig:
     """Stage 1: structure only."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping at the top level, got {type(data).__name__}"
+        )
     try:
         return ModelConfig.model_validate(data)
     except ValidationError as exc:

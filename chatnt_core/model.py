@@ -85,7 +85,9 @@ class ChatNTModel(nn.Module):
         """Build from a preset name, a YAML path, a ModelConfig or a ResolvedConfig."""
         if isinstance(source, (str, Path)):
             source = load_config(source)
-        resolved = source if isinstance(source, ResolvedConfig) else resolve_config(source, registry)
+        resolved = (
+            source if isinstance(source, ResolvedConfig) else resolve_config(source, registry)
+        )
         parts = build_components(resolved, registry)
         return cls(resolved, parts.encoders, parts.projections, parts.decoder)
 
@@ -140,9 +142,7 @@ class ChatNTModel(nn.Module):
                 f"got {len(questions)} questions but {len(sequences)} sequence mappings; "
                 "give one mapping per question"
             )
-        examples = [
-            Example([Turn(q)], as_sequence_inputs(s)) for q, s in zip(questions, sequences)
-        ]
+        examples = [Example([Turn(q)], as_sequence_inputs(s)) for q, s in zip(questions, sequences)]
         return self.tokenize(examples).to(self.device)
 
     # ---- the data path -------------------------------------------------------------------

@@ -115,7 +115,9 @@ class PluginRegistry:
         try:
             return self.entries[kind][name]
         except KeyError:
-            raise UnknownComponentError(unknown_name_message(kind, name, self.names(kind)))
+            raise UnknownComponentError(
+                unknown_name_message(kind, name, self.names(kind))
+            ) from None
 
 
 def unknown_name_message(kind: ComponentKind, name: str, known: list[str]) -> str:

@@ -19,7 +19,9 @@ from chatnt_core.projections import (
     PerceiverParams,
     PerceiverResampler,
 )
+from chatnt_core.projections.attention import MaskedCrossAttention
 from chatnt_core.projections.mlp import chunk_mean_weights
+from chatnt_core.projections.perceiver import PerceiverLayer
 
 D_ENC, D, K, VOCAB = 24, 32, 6, 50
 ALL = ["english-aware-perceiver", "perceiver-resampler", "mlp"]
@@ -46,7 +48,9 @@ def lengths_mask(lengths: list[int], width: int) -> torch.Tensor:
 def pad(x: torch.Tensor, mask: torch.Tensor, extra: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Append ``extra`` padding positions filled with junk, to prove they are ignored."""
     junk = torch.randn(x.shape[0], extra, x.shape[2]) * 100
-    return torch.cat([x, junk], 1), torch.cat([mask, torch.zeros(x.shape[0], extra, dtype=bool)], 1)
+    return torch.cat([x, junk], 1), torch.cat(
+        [mask, torch.zeros(x.shape[0], extra, dtype=torch.bool)], 1
+    )
 
 
 def inputs(batch: int = 3, n: int = 10, q: int = 5, seed: int = 1) -> dict[str, torch.Tensor]:
@@ -58,6 +62,59 @@ def inputs(batch: int = 3, n: int = 10, q: int = 5, seed: int = 1) -> dict[str, 
         "q": torch.randn(batch, q, D, generator=g),
         "q_mask": lengths_mask([q - i % q for i in range(batch)], q),
     }
+
+
+def reference_attention(
+    attn: MaskedCrossAttention, query: torch.Tensor, kv: torch.Tensor
+) -> torch.Tensor:
+    """Unbatched, unmasked multi-head attention written out by hand: (Lq, D), (Lk, D)."""
+    h, dh = attn.num_heads, attn.head_dim
+    q = attn.q_proj(query).view(-1, h, dh).transpose(0, 1)  # (H, Lq, Dh)
+    k = attn.k_proj(kv).view(-1, h, dh).transpose(0, 1)  # (H, Lk, Dh)
+    v = attn.v_proj(kv).view(-1, h, dh).transpose(0, 1)  # (H, Lk, Dh)
+    weights = torch.softmax(q @ k.transpose(1, 2) / dh**0.5, dim=-1)  # (H, Lq, Lk)
+    return attn.out_proj((weights @ v).transpose(0, 1).reshape(-1, h * dh))  # (Lq, D)
+
+
+def reference_perceiver(p: Projection, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The spec re-derived row by row on the real tokens only (no masks, no batching)."""
+    assert isinstance(p, (PerceiverResampler, EnglishAwarePerceiver))
+    rows: list[torch.Tensor] = []
+    for b in range(x["seq"].shape[0]):
+        seq = p.input_proj(x["seq"][b][x["seq_mask"][b]])  # (n, D)
+        question = x["q"][b][x["q_mask"][b]]  # (q, D)
+        latents = p.latents  # (K, D)
+        for layer in p.layers:
+            assert isinstance(layer, PerceiverLayer)
+            x_in = latents
+            y = x_in + reference_attention(
+                layer.attn_seq, layer.norm_seq(x_in), torch.cat([seq, x_in])
+            )
+            if p.uses_question:
+                assert layer.attn_question is not None and layer.norm_question is not None
+                y = y + reference_attention(
+                    layer.attn_question, layer.norm_question(y), torch.cat([question, x_in])
+                )
+            hidden = layer.fc1(layer.norm_ffn(y))
+            hidden = 0.5 * hidden * (1 + torch.erf(hidden / 2**0.5))  # exact GELU
+            latents = y + layer.fc2(hidden)
+        rows.append(latents)
+    return torch.stack(rows)  # (B, K, D)
+
+
+def reference_mlp(p: MLPProjection, x: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Chunk means over the real tokens with Python integer bounds, then the MLP."""
+    rows = []
+    for b in range(x["seq"].shape[0]):
+        real = x["seq"][b][x["seq_mask"][b]]  # (n, D_enc)
+        n, k = real.shape[0], p.num_latents
+        chunks = []
+        for i in range(k):
+            start = i * n // k
+            end = min(max((i + 1) * n // k, start + 1), n)
+            chunks.append(real[start:end].mean(0))
+        rows.append(p.fc2(p.act(p.fc1(torch.stack(chunks)))))
+    return torch.stack(rows)  # (B, K, D)
 
 
 def run(p: Projection, x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -89,6 +146,17 @@ def test_registered_factories_build_from_context(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("num_latents", [4, 8, 13])  # 13 > n for the shorter rows
+def test_matches_reference(name: str, num_latents: int) -> None:
+    p, x = make(name, num_latents), inputs(batch=3, n=12, q=5)
+    with torch.no_grad():
+        expected = (
+            reference_mlp(p, x) if isinstance(p, MLPProjection) else reference_perceiver(p, x)
+        )
+    assert (run(p, x) - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_sequence_padding_invariance(name: str) -> None:
     p, x = make(name), inputs()
     base = run(p, x)
@@ -109,7 +177,9 @@ def test_left_padding_matches_right_padding_for_mlp() -> None:
     base = run(p, x)
     n = int(x["seq_mask"].sum())
     x["seq"] = torch.cat([torch.zeros(1, 4, D_ENC), x["seq"][:, :n]], 1)
-    x["seq_mask"] = torch.cat([torch.zeros(1, 4, dtype=bool), torch.ones(1, n, dtype=bool)], 1)
+    x["seq_mask"] = torch.cat(
+        [torch.zeros(1, 4, dtype=torch.bool), torch.ones(1, n, dtype=torch.bool)], 1
+    )
     assert (run(p, x) - base).abs().max() < 1e-5
 
 
@@ -166,12 +236,14 @@ def test_gradients_reach_latents_input_proj_and_question_table() -> None:
     ids = torch.randint(0, VOCAB, x["q_mask"].shape)
     out = p(x["seq"], x["seq_mask"], p.embed_question(ids), x["q_mask"])
     out.pow(2).mean().backward()
-    for grad in (p.latents.grad, p.input_proj.weight.grad, p.question_table.weight.grad):
+    table_grad = p.question_table.weight.grad
+    for grad in (p.latents.grad, p.input_proj.weight.grad, table_grad):
         assert grad is not None and grad.abs().sum() > 0
+    assert table_grad is not None
     # Padding question ids get no gradient: only real tokens were read.
     pad_ids = set(ids[~x["q_mask"]].tolist()) - set(ids[x["q_mask"]].tolist())
     for token in pad_ids:
-        assert p.question_table.weight.grad[token].abs().sum() == 0
+        assert table_grad[token].abs().sum() == 0
 
 
 @pytest.mark.parametrize(
@@ -214,7 +286,9 @@ def test_head_dim_must_divide_unless_given() -> None:
     with pytest.raises(ConfigError, match="head_dim"):
         EnglishAwarePerceiver(D_ENC, D, K, num_heads=5, question_vocab_size=VOCAB)
     p = PerceiverResampler(D_ENC, D, K, num_layers=1, num_heads=5, head_dim=8).eval()
-    attn = p.layers[0].attn_seq
+    layer = p.layers[0]
+    assert isinstance(layer, PerceiverLayer)
+    attn = layer.attn_seq
     assert attn.q_proj.out_features == 40 and attn.out_proj.out_features == D
     assert run(p, inputs()).shape == (3, K, D)
 
@@ -237,3 +311,23 @@ def test_chunk_weights_cover_real_tokens_without_empty_chunks() -> None:
     assert w[1].argmax(-1).tolist() == [0, 0, 1, 1]
     # Left padding: the same chunks, shifted past the padding.
     assert w[2, 0].nonzero().flatten().tolist() == [3]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_nan_in_padding_does_not_leak(name: str) -> None:
+    p, x = make(name), inputs()
+    base = run(p, x)
+    x["seq"] = x["seq"].masked_fill(~x["seq_mask"][..., None], float("nan"))
+    x["q"] = x["q"].masked_fill(~x["q_mask"][..., None], float("nan"))
+    assert (run(p, x) - base).abs().max() < 1e-5
+
+
+def test_question_mask_defaults_to_all_real_and_may_be_all_padding() -> None:
+    p, x = make("english-aware-perceiver"), inputs()
+    with torch.no_grad():
+        full = p(x["seq"], x["seq_mask"], x["q"], torch.ones_like(x["q_mask"]))
+        assert torch.equal(p(x["seq"], x["seq_mask"], x["q"]), full)
+        empty = p(x["seq"], x["seq_mask"], x["q"], torch.zeros_like(x["q_mask"]))
+        no_question = p(x["seq"], x["seq_mask"], x["q"][:, :0], x["q_mask"][:, :0])
+    assert torch.isfinite(empty).all()
+    assert (empty - no_question).abs().max() < 1e-5

@@ -105,6 +105,34 @@ def check_sequence_input(
     return torch.where(mask[..., None], seq_embeddings, 0.0), mask  # (B, N, D_enc), (B, N)
 
 
+def check_question_input(
+    question_embeddings: torch.Tensor,  # (B, Q, D)
+    question_mask: torch.Tensor | None,  # (B, Q) or None = all real
+    dim: int,
+    batch: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate question embeddings; return them with padded slots zeroed, and a bool mask.
+
+    Unlike a sequence, a question row may be all padding: the latents are always among the
+    keys, so attention stays well defined.
+    """
+    if question_embeddings.dim() != 3 or question_embeddings.shape[-1] != dim:
+        raise ValueError(
+            f"expected question embeddings of shape (B, Q, {dim}), "
+            f"got {tuple(question_embeddings.shape)}"
+        )
+    b, q = question_embeddings.shape[:2]
+    if b != batch:
+        raise ValueError(f"question batch {b} != sequence batch {batch}")
+    if question_mask is None:
+        mask = torch.ones(b, q, dtype=torch.bool, device=question_embeddings.device)
+    elif question_mask.shape != (b, q):
+        raise ValueError(f"question mask shape {tuple(question_mask.shape)} != embeddings {(b, q)}")
+    else:
+        mask = question_mask.to(torch.bool)
+    return torch.where(mask[..., None], question_embeddings, 0.0), mask  # (B, Q, D), (B, Q)
+
+
 def require_dims(context: BuildContext, component: str) -> tuple[int, int, int]:
     """Return (D_enc, D, K) from a build context, or say which one the assembly left out."""
     input_dim, output_dim, num_latents = context.input_dim, context.output_dim, context.num_latents

@@ -80,7 +80,9 @@ class MLPParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     hidden_dim: int | None = Field(
-        None, ge=1, description="Hidden width of the two-layer MLP; default the decoder width."
+        default=None,
+        ge=1,
+        description="Hidden width of the two-layer MLP; default the decoder width.",
     )
 
 

@@ -27,6 +27,7 @@ from chatnt_core.interfaces import Projection, QuestionSource
 from chatnt_core.plugins import BuildContext
 from chatnt_core.projections.attention import (
     MaskedCrossAttention,
+    check_question_input,
     check_sequence_input,
     require_dims,
     resolve_head_dim,
@@ -234,22 +235,9 @@ class EnglishAwarePerceiver(_PerceiverBase):
                 "the english-aware-perceiver reads the question: pass question_embeddings "
                 "(B, Q, D) (from embed_question when question_source is 'own')"
             )
-        if question_embeddings.dim() != 3 or question_embeddings.shape[-1] != self.output_dim:
-            raise ValueError(
-                f"expected question embeddings of shape (B, Q, {self.output_dim}), "
-                f"got {tuple(question_embeddings.shape)}"
-            )
-        b, q = question_embeddings.shape[:2]
-        if b != seq_embeddings.shape[0]:
-            raise ValueError(f"question batch {b} != sequence batch {seq_embeddings.shape[0]}")
-        if question_mask is None:
-            question_mask = torch.ones(b, q, dtype=torch.bool, device=question_embeddings.device)
-        elif question_mask.shape != (b, q):
-            raise ValueError(
-                f"question mask shape {tuple(question_mask.shape)} != embeddings {(b, q)}"
-            )
-        qmask = question_mask.to(torch.bool)  # (B, Q)
-        question = torch.where(qmask[..., None], question_embeddings, 0.0)  # (B, Q, D)
+        question, qmask = check_question_input(
+            question_embeddings, question_mask, self.output_dim, seq_embeddings.shape[0]
+        )  # (B, Q, D), (B, Q)
         return self._resample(seq_embeddings, seq_mask, question, qmask)
 
 
@@ -258,15 +246,17 @@ class PerceiverParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_layers: int = Field(3, ge=1, description="Number of resampler layers (ChatNT: 3).")
-    num_heads: int = Field(8, ge=1, description="Attention heads per cross-attention.")
+    num_layers: int = Field(default=3, ge=1, description="Number of resampler layers (ChatNT: 3).")
+    num_heads: int = Field(default=8, ge=1, description="Attention heads per cross-attention.")
     head_dim: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Width of each head; default decoder width // num_heads (must divide).",
     )
     ffn_dim: int | None = Field(
-        None, ge=1, description="Hidden width of each layer's MLP; default 4 x decoder width."
+        default=None,
+        ge=1,
+        description="Hidden width of each layer's MLP; default 4 x decoder width.",
     )
 
 
@@ -274,7 +264,7 @@ class EnglishAwarePerceiverParams(PerceiverParams):
     """Params of ``english-aware-perceiver``: the plain ones plus the question source."""
 
     question_embeddings: Literal["own", "decoder"] = Field(
-        "own",
+        default="own",
         description="Embed the question with a trainable table of the projection's own "
         "('own', as ChatNT) or reuse the decoder's input embeddings ('decoder').",
     )

@@ -1,0 +1,333 @@
+"""``hf-causal-lm``: any Hugging Face ``AutoModelForCausalLM`` as a chatnt Decoder.
+
+The model is loaded from a directory or hub id (``path``) or built with random weights
+from a config dict (``random_init``). The placeholder string is added to the tokenizer as
+one special token; the embedding table is *not* resized, because the core overwrites the
+placeholder rows with projected sequence vectors anyway: ``embed_tokens`` looks the
+placeholder (and any other id past the table) up as the pad token instead.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tokenizers import AddedToken
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from chatnt_core.errors import ConfigError
+from chatnt_core.interfaces import Decoder, DecoderOutput
+from chatnt_core.plugins import BuildContext
+from chatnt_hf_decoders.byte_tokenizer import build_byte_tokenizer
+
+BYTES_TOKENIZER = "bytes"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFCausalLMParams(BaseModel):
+    """The ``params:`` block of a ``hf-causal-lm`` decoder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = Field(
+        default=None,
+        description="local model directory (with config.json) or a Hugging Face hub id",
+    )
+    revision: str | None = Field(default=None, description="hub branch, tag or commit for 'path'")
+    local_files_only: bool = Field(
+        default=False, description="never contact the hub; use local or cached files only"
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="allow the checkpoint's own Python code to run (off by default)"
+    )
+    random_init: dict[str, Any] | None = Field(
+        default=None,
+        description="instead of 'path': a transformers config dict with 'model_type' "
+        "(e.g. {model_type: llama, hidden_size: 32, ...}) for a randomly initialised model; "
+        "vocab_size defaults to the tokenizer's size",
+    )
+    seed: int = Field(default=0, description="seed for the random_init weights")
+    tokenizer: str | None = Field(
+        default=None,
+        description="tokenizer directory or hub id, or 'bytes' for the built-in byte-level "
+        "tokenizer; defaults to 'path' (required with random_init)",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="dtype of the model weights"
+    )
+    placeholder_token: str = Field(
+        default="<seq>", min_length=1, description="special token marking sequence-embedding rows"
+    )
+    max_context: int | None = Field(
+        default=None, ge=1, description="longest prompt in tokens; default: max_position_embeddings"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HFCausalLMParams:
+        if (self.path is None) == (self.random_init is None):
+            raise ValueError(
+                "give exactly one of 'path' (pretrained weights) or 'random_init' "
+                "(a config dict for random weights)"
+            )
+        if self.random_init is not None:
+            if "model_type" not in self.random_init:
+                raise ValueError("random_init needs a 'model_type', e.g. model_type: llama")
+            if self.tokenizer is None:
+                raise ValueError(
+                    "random_init needs a 'tokenizer': a directory, a hub id or 'bytes'"
+                )
+        return self
+
+
+def _looks_local(reference: str) -> bool:
+    """True for strings that can only be a filesystem path, never a hub id."""
+    return (
+        os.path.isabs(reference)
+        or reference.startswith(("./", "../", "~", ".\\", "..\\"))
+        or reference.count("/") > 1
+        or "\\" in reference
+    )
+
+
+def _load_error(what: str, reference: str, exc: BaseException | None = None) -> ConfigError:
+    fix = "give a local directory with config.json or a hub id you have cached"
+    if what == "tokenizer":
+        fix = "give a local tokenizer directory, a hub id you have cached, or 'bytes'"
+    if exc is None:
+        return ConfigError(f"decoder {what} '{reference}' not found: {fix}")
+    lines = str(exc).strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    return ConfigError(f"decoder {what} '{reference}' could not be loaded ({reason}): {fix}")
+
+
+def _check_local(what: str, reference: str) -> None:
+    expanded = os.path.expanduser(reference)
+    if _looks_local(reference) and not os.path.isdir(expanded):
+        raise _load_error(what, reference)
+
+
+def load_tokenizer(
+    reference: str,
+    revision: str | None = None,
+    local_files_only: bool = False,
+    trust_remote_code: bool = False,
+) -> PreTrainedTokenizerBase:
+    """A tokenizer from a directory or hub id, or the built-in one for ``'bytes'``."""
+    if reference == BYTES_TOKENIZER:
+        return build_byte_tokenizer()
+    _check_local("tokenizer", reference)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            os.path.expanduser(reference),
+            revision=revision,
+            local_files_only=local_files_only,
+            trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error("tokenizer", reference, exc) from exc
+    return tokenizer
+
+
+def load_model(params: HFCausalLMParams, tokenizer_size: int) -> PreTrainedModel:
+    """The causal LM the params describe: pretrained weights or a seeded random init."""
+    dtype = _DTYPES[params.dtype]
+    if params.path is not None:
+        _check_local("path", params.path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                os.path.expanduser(params.path),
+                revision=params.revision,
+                local_files_only=params.local_files_only,
+                trust_remote_code=params.trust_remote_code,
+                dtype=dtype,
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise _load_error("path", params.path, exc) from exc
+        return model
+
+    assert params.random_init is not None  # guaranteed by the params validator
+    settings = dict(params.random_init)
+    settings.setdefault("vocab_size", tokenizer_size)
+    if settings["vocab_size"] < tokenizer_size:
+        raise ConfigError(
+            f"decoder random_init vocab_size {settings['vocab_size']} is smaller than the "
+            f"tokenizer's {tokenizer_size} ids: raise it or leave it out to use the tokenizer size"
+        )
+    model_type = settings.pop("model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **settings)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(params.seed)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=dtype, trust_remote_code=params.trust_remote_code
+            )
+    except ValueError as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise ConfigError(
+            f"decoder random_init with model_type '{model_type}' failed ({reason}): give a "
+            "causal-LM model_type transformers knows (e.g. llama) and valid config fields"
+        ) from exc
+    return model
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return None if value is None else int(value)
+
+
+def _weight_shape(module: torch.nn.Module) -> tuple[int, int]:
+    weight = module.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[0]), int(weight.shape[1])
+
+
+class HFCausalLM(Decoder):
+    """A Hugging Face causal LM and its tokenizer behind the chatnt Decoder interface.
+
+    ``tokenizer`` is modified in place: the placeholder token is added and, when it has
+    no pad token, its EOS token becomes the pad token.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        placeholder_token: str = "<seq>",
+        max_context: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        config = model.config
+        self._embedding_rows, self.hidden_size = _weight_shape(model.get_input_embeddings())
+        head = model.get_output_embeddings()
+        self.vocab_size = _weight_shape(head)[0] if head is not None else int(config.vocab_size)
+        if len(tokenizer) > self._embedding_rows:
+            warnings.warn(
+                f"the decoder tokenizer has {len(tokenizer)} ids but the model's embedding "
+                f"table only {self._embedding_rows} rows; ids past the table embed as padding",
+                stacklevel=2,
+            )
+
+        eos = _as_int(tokenizer.eos_token_id)
+        if eos is None:
+            eos = _as_int(getattr(config, "eos_token_id", None))
+        if eos is None:
+            raise ConfigError(
+                "the decoder tokenizer has no EOS token: use a tokenizer that defines one"
+            )
+        self.eos_token_id = eos
+        if tokenizer.pad_token_id is None:
+            if tokenizer.eos_token is not None:
+                tokenizer.pad_token = tokenizer.eos_token
+            pad = _as_int(tokenizer.pad_token_id)
+            self.pad_token_id = eos if pad is None else pad
+        else:
+            self.pad_token_id = int(tokenizer.pad_token_id)
+        # The id embed_tokens uses in place of ids the table has no row for.
+        self._fallback_id = self.pad_token_id if self.pad_token_id < self._embedding_rows else 0
+
+        tokenizer.add_tokens(
+            [AddedToken(placeholder_token, special=True, normalized=False)], special_tokens=True
+        )
+        placeholder_ids = tokenizer.encode(placeholder_token, add_special_tokens=False)
+        if len(placeholder_ids) != 1:
+            raise ConfigError(
+                f"placeholder_token '{placeholder_token}' tokenizes to {len(placeholder_ids)} "
+                "ids instead of one: choose another placeholder_token"
+            )
+        self.placeholder_token = placeholder_token
+        self.placeholder_token_id = int(placeholder_ids[0])
+        self.tokenizer_size = len(tokenizer)
+
+        if max_context is None:
+            max_context = _as_int(getattr(config, "max_position_embeddings", None))
+        if max_context is None:
+            raise ConfigError(
+                "the decoder config has no max_position_embeddings: set params.max_context"
+            )
+        self.max_context = max_context
+        self.model.eval()
+
+    @classmethod
+    def from_params(cls, params: HFCausalLMParams) -> HFCausalLM:
+        """Load (or randomly build) the model and tokenizer the params describe."""
+        tokenizer_reference = params.tokenizer if params.tokenizer is not None else params.path
+        assert tokenizer_reference is not None  # guaranteed by the params validator
+        same_place = tokenizer_reference == params.path
+        tokenizer = load_tokenizer(
+            tokenizer_reference,
+            revision=params.revision if same_place else None,
+            local_files_only=params.local_files_only,
+            trust_remote_code=params.trust_remote_code,
+        )
+        model = load_model(params, tokenizer_size=len(tokenizer))
+        return cls(model, tokenizer, params.placeholder_token, params.max_context)
+
+    # -- text <-> ids -------------------------------------------------------------------
+
+    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
+        ids = [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False)]
+        bos = _as_int(self.tokenizer.bos_token_id)
+        if add_bos and bos is not None:
+            ids.insert(0, bos)
+        return ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def native_chat_template(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool
+    ) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(
+                "the decoder tokenizer has no chat template of its own: use prompt.template: vicuna"
+            )
+        rendered = self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return str(rendered)
+
+    # -- tensors ------------------------------------------------------------------------
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids -> (B, T, D); ids past the table (the placeholder) embed as padding."""
+        safe_ids = input_ids.masked_fill(input_ids >= self._embedding_rows, self._fallback_id)
+        embeddings: torch.Tensor = self.model.get_input_embeddings()(safe_ids)
+        return embeddings
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,  # (B, T, D)
+        attention_mask: torch.Tensor,  # (B, T_past + T) bool
+        position_ids: torch.Tensor,  # (B, T) long
+        past_key_values: Any = None,
+        use_cache: bool = False,
+    ) -> DecoderOutput:
+        output = self.model(
+            inputs_embeds=inputs_embeds.to(self.model.dtype),
+            attention_mask=attention_mask.long(),
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+        )
+        cache = output.past_key_values if use_cache else None
+        return DecoderOutput(logits=output.logits, past_key_values=cache)
+
+
+def build_hf_causal_lm(params: HFCausalLMParams, context: BuildContext) -> HFCausalLM:
+    """The registered factory: ``factory(params, context)``; the context is not needed."""
+    del context
+    return HFCausalLM.from_params(params)

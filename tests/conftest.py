@@ -1,0 +1,55 @@
+"""Shared fixtures: fake installed plugin distributions and a fresh plugin registry."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from chatnt_core.plugins import reset_registry
+
+InstallPlugin = Callable[..., Path]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts from an unloaded registry and no plugin environment variables."""
+    monkeypatch.delenv("CHATNT_LOAD_PLUGINS", raising=False)
+    monkeypatch.delenv("CHATNT_DISABLED_PLUGINS", raising=False)
+    reset_registry()
+    yield
+    reset_registry()
+
+
+@pytest.fixture
+def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> InstallPlugin:
+    """Install a plugin distribution for real: a module plus a ``.dist-info`` on sys.path.
+
+    ``importlib.metadata`` finds it exactly as it finds a pip-installed package, so entry
+    point discovery is exercised end to end. Everything is removed after the test.
+    """
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules: list[str] = []
+
+    def install(
+        dist: str, entry_point: str, module: str, source: str, version: str = "0.1.0"
+    ) -> Path:
+        (site / f"{module}.py").write_text(textwrap.dedent(source))
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+        (info / "entry_points.txt").write_text(f"[chatnt]\n{entry_point} = {module}\n")
+        (info / "RECORD").write_text("")
+        modules.append(module)
+        importlib.invalidate_caches()
+        return site
+
+    yield install  # type: ignore[misc]
+    for module in modules:
+        sys.modules.pop(module, None)

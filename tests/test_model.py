@@ -1,0 +1,202 @@
+"""The assembled model end to end on tiny random components: merge, loss, generation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from chatnt_core import ChatNTModel, ChatSession, Example, GenerationConfig, SequenceInput, Turn
+from chatnt_core.batching import IGNORE_INDEX, tokenize_example
+from chatnt_core.config import PromptConfig, parse_config
+from chatnt_core.errors import PlaceholderCountError, PromptError, PromptTooLongError
+from chatnt_core.generation import generate_ids
+from chatnt_core.merge import merge_sequence_embeddings
+from chatnt_core.modality import Modality
+from chatnt_core.presets import preset_path
+
+DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"
+RNA = "ACGUUAGCUAGCUAGGCUAA"
+PROTEIN = "MKVLAAGIVGLLLA"
+
+
+def tiny_config(**decoder_params: Any) -> dict[str, Any]:
+    data = yaml.safe_load(preset_path("tiny-random").read_text())
+    data["decoder"]["params"].update(decoder_params)
+    return data
+
+
+@pytest.fixture(scope="module")
+def model() -> ChatNTModel:
+    torch.manual_seed(0)
+    return ChatNTModel.from_config("tiny-random").eval()
+
+
+def test_components_follow_the_config(model: ChatNTModel) -> None:
+    assert set(model.modalities) == {Modality.DNA, Modality.RNA, Modality.PROTEIN}
+    assert all(not p.requires_grad for p in model.decoder.parameters())
+    assert all(p.requires_grad for p in model.encoders.parameters())
+    assert all(p.requires_grad for p in model.projections.parameters())
+
+
+def test_placeholders_expand_to_k_per_tag_and_labels_cover_the_answer(model: ChatNTModel) -> None:
+    example = Example(
+        [Turn("Is @a.fna like @a.fna and @p.faa?", "yes, it is")],
+        {"a.fna": SequenceInput("a.fna", DNA), "p.faa": SequenceInput("p.faa", PROTEIN)},
+    )
+    batch = model.tokenize([example])
+    k = model.num_latents
+    assert int((batch.input_ids == model.decoder.placeholder_token_id).sum()) == 3 * k
+    assert batch.sequences == {Modality.DNA: [DNA], Modality.PROTEIN: [PROTEIN]}
+    assert batch.occurrence_sequence == [0, 0, 0]
+    answer = batch.labels[batch.labels != IGNORE_INDEX].tolist()
+    assert answer[-1] == model.decoder.eos_token_id
+    assert model.decoder.detokenize(answer[:-1]).strip() == "yes, it is"
+
+
+def test_merge_count_check(model: ChatNTModel) -> None:
+    ids = torch.tensor([[5, model.decoder.placeholder_token_id, 6]])
+    embeddings = torch.zeros(1, 3, 4)
+    with pytest.raises(PlaceholderCountError, match="1 placeholder positions but 1 sequence"):
+        merge_sequence_embeddings(embeddings, ids, torch.ones(1, 2, 4), ids[0, 1].item())
+    merged = merge_sequence_embeddings(embeddings, ids, torch.ones(1, 1, 4), ids[0, 1].item())
+    assert merged[0, 1].tolist() == [1.0] * 4 and merged[0, 0].abs().sum() == 0
+
+
+def test_placeholder_text_in_system_prompt_fails_the_count(model: ChatNTModel) -> None:
+    prompt = PromptConfig(system_prompt=f"Sequences look like {model.decoder.placeholder_token}.")
+    example = Example([Turn("@a.fna?")], {"a.fna": SequenceInput("a.fna", DNA)})
+    with pytest.raises(PlaceholderCountError, match="2 placeholder tokens for 1 tags"):
+        tokenize_example(example, model.decoder, prompt, model.num_latents, model.modalities)
+
+
+def test_placeholder_text_in_a_message_is_refused(model: ChatNTModel) -> None:
+    with pytest.raises(PromptError, match="reserved placeholder"):
+        model.prompt_batch([f"what is {model.decoder.placeholder_token}?"])
+
+
+def test_loss_counts_answer_tokens_only(model: ChatNTModel) -> None:
+    short = Example([Turn("GC content of @s.fna?", "0.5")], {"s.fna": SequenceInput("s.fna", DNA)})
+    long = Example(
+        [Turn("A much longer question about the protein @p.faa, please answer", "no")],
+        {"p.faa": SequenceInput("p.faa", PROTEIN)},
+    )
+    with torch.no_grad():
+        together = model(model.tokenize([short, long]))
+        alone = [model(model.tokenize([e])) for e in (short, long)]
+        counts = [
+            int((model.tokenize([e]).labels[:, 1:] != IGNORE_INDEX).sum()) for e in (short, long)
+        ]
+    assert together.loss is not None and all(a.loss is not None for a in alone)
+    weighted = sum(float(a.loss) * n for a, n in zip(alone, counts)) / sum(counts)  # type: ignore[arg-type]
+    # Padding and prompt tokens carry no loss: the batch loss is the token-weighted mean.
+    assert abs(float(together.loss) - weighted) < 1e-5
+
+    # Changing a prompt token changes the logits but the labels never include it.
+    batch = model.tokenize([short])
+    assert (batch.labels[batch.attention_mask.logical_not()] == IGNORE_INDEX).all()
+    prompt_positions = batch.labels == IGNORE_INDEX
+    assert int(prompt_positions.sum()) > int((~prompt_positions).sum())
+
+
+def test_loss_backpropagates_to_encoder_and_projection_not_decoder() -> None:
+    torch.manual_seed(0)
+    model = ChatNTModel.from_config("tiny-random").train()
+    example = Example([Turn("Is @s.fna GC-rich?", "yes")], {"s.fna": SequenceInput("s.fna", DNA)})
+    out = model(model.tokenize([example]))
+    assert out.loss is not None
+    out.loss.backward()
+    assert model.encoder(Modality.DNA).parameters().__next__().grad is not None
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0 for p in model.projections.parameters()
+    )
+    assert all(p.grad is None for p in model.decoder.parameters())
+    assert all(p.grad is None for p in model.encoder(Modality.RNA).parameters())
+
+
+def test_cached_and_uncached_greedy_generation_agree(model: ChatNTModel) -> None:
+    questions = ["Is there a TATA box in @a.fna?", "Which protein is @p.faa?", "Hi @r.frn"]
+    sequences = [{"a.fna": DNA}, {"p.faa": PROTEIN}, {"r.frn": RNA}]
+    batch = model.prompt_batch(questions, sequences)
+    cached = generate_ids(model, batch, GenerationConfig(max_new_tokens=12, use_cache=True))
+    full = generate_ids(model, batch, GenerationConfig(max_new_tokens=12, use_cache=False))
+    assert cached == full
+    assert any(len(row) > 0 for row in cached)
+
+
+def test_batched_generation_matches_one_by_one(model: ChatNTModel) -> None:
+    questions = ["Short @a.fna", "A considerably longer question about @b.fna, is it?"]
+    sequences = [{"a.fna": DNA}, {"b.fna": DNA[:20]}]
+    config = GenerationConfig(max_new_tokens=8)
+    batched = generate_ids(model, model.prompt_batch(questions, sequences), config)
+    single = [
+        generate_ids(model, model.prompt_batch([q], [s]), config)[0]
+        for q, s in zip(questions, sequences)
+    ]
+    assert batched == single
+
+
+def test_temperature_sampling_is_seeded(model: ChatNTModel) -> None:
+    answers = [
+        model.generate(["Tell me about @a.fna"], [{"a.fna": DNA}], temperature=1.5, seed=7)
+        for _ in range(2)
+    ]
+    assert answers[0] == answers[1]
+
+
+def test_several_modalities_route_to_their_encoders(
+    model: ChatNTModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[Modality, list[str]] = {}
+    for modality in model.modalities:
+        encoder = model.encoder(modality)
+        original = encoder.encode
+
+        def spy(sequences: list[str], _m: Modality = modality, _f: Any = original) -> Any:
+            seen.setdefault(_m, []).extend(sequences)
+            return _f(sequences)
+
+        monkeypatch.setattr(encoder, "encode", spy)
+    model.generate(
+        ["Do @a.fna, @b.frn and @c.faa and @a.fna again interact?"],
+        [{"a.fna": DNA, "b.frn": RNA, "c.faa": PROTEIN}],
+        max_new_tokens=2,
+    )
+    assert seen == {Modality.DNA: [DNA], Modality.RNA: [RNA], Modality.PROTEIN: [PROTEIN]}
+
+
+def test_chat_session_encodes_each_sequence_once(
+    model: ChatNTModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[list[str]] = []
+    encoder = model.encoder(Modality.DNA)
+    original = encoder.encode
+
+    def spy(sequences: list[str]) -> Any:
+        calls.append(list(sequences))
+        return original(sequences)
+
+    monkeypatch.setattr(encoder, "encode", spy)
+    session = ChatSession(model, GenerationConfig(max_new_tokens=3))
+    session.ask("What is @a.fna?", {"a.fna": DNA})
+    session.ask("And is @a.fna GC-rich?")
+    session.ask("Compare @a.fna with @b.fna", {"b.fna": DNA[::-1]})
+    assert calls == [[DNA], [DNA[::-1]]]
+    assert len(session.turns) == 3 and session.cache_size == 2
+
+
+def test_chat_session_refuses_rebinding_a_name(model: ChatNTModel) -> None:
+    session = ChatSession(model, GenerationConfig(max_new_tokens=1))
+    session.ask("What is @a.fna?", {"a.fna": DNA})
+    with pytest.raises(PromptError, match="already names another sequence"):
+        session.ask("And @a.fna?", {"a.fna": "ACGT"})
+
+
+def test_prompt_too_long_for_decoder_context() -> None:
+    data = tiny_config(max_context=300)
+    model = ChatNTModel.from_config(parse_config(data))
+    tags = " ".join(f"@s{i}.fna" for i in range(40))
+    with pytest.raises(PromptTooLongError, match=r"40 tags x K=8.*holds 300"):
+        model.prompt_batch([f"Compare {tags}"], [{f"s{i}.fna": DNA for i in range(40)}])

@@ -1,0 +1,160 @@
+"""Plugin discovery, allow/block lists, duplicates, unknown names and broken plugins."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import pytest
+from conftest import InstallPlugin
+
+from chatnt_core import hookspecs
+from chatnt_core.cli import main
+from chatnt_core.errors import DuplicateComponentError, UnknownComponentError
+from chatnt_core.plugins import ComponentKind, load_registry
+
+FAKE_ENCODER_PLUGIN = """
+from pydantic import BaseModel, ConfigDict
+import chatnt_core
+
+class FakeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = 8
+
+def build(params, context):
+    raise RuntimeError("not built in these tests")
+
+@chatnt_core.hookimpl
+def register_encoders(register):
+    register("fake-encoder", build, FakeParams)
+"""
+
+DUPLICATE_PLUGIN = """
+from pydantic import BaseModel
+import chatnt_core
+
+@chatnt_core.hookimpl
+def register_encoders(register):
+    register("char-transformer", lambda p, c: None, BaseModel)
+"""
+
+BROKEN_IMPORT_PLUGIN = """
+import a_module_that_does_not_exist_anywhere
+"""
+
+BROKEN_HOOK_PLUGIN = """
+import chatnt_core
+
+@chatnt_core.hookimpl
+def register_decoders(register):
+    raise ValueError("decoder table is corrupt")
+"""
+
+
+def test_builtins_are_discovered_through_entry_points() -> None:
+    registry = load_registry()
+    assert {"core-projections", "hf-decoders", "char-encoder"} <= set(registry.plugins)
+    assert "char-transformer" in registry.names(ComponentKind.ENCODER)
+    assert "hf-causal-lm" in registry.names(ComponentKind.DECODER)
+    assert {"english-aware-perceiver", "perceiver-resampler", "mlp"} <= set(
+        registry.names(ComponentKind.PROJECTION)
+    )
+    assert registry.get(ComponentKind.DECODER, "hf-causal-lm").plugin == "hf-decoders"
+
+
+def test_installed_fake_plugin_is_discovered(install_plugin: InstallPlugin) -> None:
+    install_plugin("chatnt-fake", "fake", "fake_chatnt_plugin", FAKE_ENCODER_PLUGIN, "0.3.1")
+    registry = load_registry()
+    entry = registry.get(ComponentKind.ENCODER, "fake-encoder")
+    assert (entry.plugin, entry.version) == ("fake", "0.3.1")
+    assert registry.plugins["fake"] == "0.3.1"
+    assert entry.params_model.model_validate({"width": 3}).width == 3  # type: ignore[attr-defined]
+
+
+def test_allow_list_limits_outside_plugins_but_keeps_builtins(
+    install_plugin: InstallPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_plugin("chatnt-fake", "fake", "fake_chatnt_plugin", FAKE_ENCODER_PLUGIN)
+    monkeypatch.setenv("CHATNT_LOAD_PLUGINS", "")
+    registry = load_registry()
+    assert "fake-encoder" not in registry.names(ComponentKind.ENCODER)
+    assert "char-transformer" in registry.names(ComponentKind.ENCODER)
+
+    monkeypatch.setenv("CHATNT_LOAD_PLUGINS", "something-else, fake")
+    assert "fake-encoder" in load_registry().names(ComponentKind.ENCODER)
+
+
+def test_block_list_disables_any_plugin(
+    install_plugin: InstallPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_plugin("chatnt-fake", "fake", "fake_chatnt_plugin", FAKE_ENCODER_PLUGIN)
+    monkeypatch.setenv("CHATNT_DISABLED_PLUGINS", "fake,hf-decoders")
+    registry = load_registry()
+    assert "fake-encoder" not in registry.names(ComponentKind.ENCODER)
+    assert registry.names(ComponentKind.DECODER) == []
+    assert "hf-decoders" not in registry.plugins
+
+
+def test_duplicate_component_name_raises(install_plugin: InstallPlugin) -> None:
+    install_plugin("chatnt-dupe", "dupe", "dupe_chatnt_plugin", DUPLICATE_PLUGIN)
+    with pytest.raises(DuplicateComponentError, match="char-transformer.*char-encoder|dupe"):
+        load_registry()
+
+
+def test_unknown_name_lists_known_and_closest_match() -> None:
+    registry = load_registry()
+    with pytest.raises(UnknownComponentError) as info:
+        registry.get(ComponentKind.ENCODER, "char-transfomer")
+    message = str(info.value)
+    assert "did you mean 'char-transformer'" in message
+    assert "Known encoders: char-transformer" in message
+
+
+def test_broken_plugins_are_reported_and_others_still_load(install_plugin: InstallPlugin) -> None:
+    install_plugin("chatnt-broken", "broken-import", "broken_import_plugin", BROKEN_IMPORT_PLUGIN)
+    install_plugin("chatnt-badhook", "broken-hook", "broken_hook_plugin", BROKEN_HOOK_PLUGIN)
+    install_plugin("chatnt-fake", "fake", "fake_chatnt_plugin", FAKE_ENCODER_PLUGIN)
+    registry = load_registry()
+    broken = {b.name: b.error for b in registry.broken}
+    assert "ModuleNotFoundError" in broken["broken-import"]
+    assert "decoder table is corrupt" in broken["broken-hook"]
+    assert "fake-encoder" in registry.names(ComponentKind.ENCODER)
+    assert "hf-causal-lm" in registry.names(ComponentKind.DECODER)
+
+
+def test_cli_plugins_json_lists_components_and_broken(
+    install_plugin: InstallPlugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_plugin("chatnt-broken", "broken-import", "broken_import_plugin", BROKEN_IMPORT_PLUGIN)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plugins", "--json"])
+    assert exit_info.value.code == 0
+    listing = json.loads(capsys.readouterr().out)
+    rows = {(c["kind"], c["name"]): c for c in listing["components"]}
+    decoder = rows[("decoder", "hf-causal-lm")]
+    assert decoder["plugin"] == "hf-decoders"
+    assert decoder["version"] == "0.1.0"
+    assert "properties" in decoder["params_schema"]
+    assert [b["plugin"] for b in listing["broken"]] == ["broken-import"]
+
+
+def test_cli_plugins_table(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["plugins"])
+    out = capsys.readouterr().out
+    assert "english-aware-perceiver" in out and "hf-causal-lm" in out
+
+
+def test_every_hook_is_documented() -> None:
+    hooks = [
+        f
+        for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
+        if name.startswith("register_")
+    ]
+    assert {h.__name__ for h in hooks} == {
+        "register_encoders",
+        "register_projections",
+        "register_decoders",
+        "register_tasks",
+    }
+    assert all((h.__doc__ or "").strip() for h in hooks)
