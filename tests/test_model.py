@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
+from tiny_models import save_tiny_llama
 
 from chatnt_core import ChatNTModel, ChatSession, Example, GenerationConfig, SequenceInput, Turn
 from chatnt_core.batching import IGNORE_INDEX, tokenize_example
+from chatnt_core.cli import main
 from chatnt_core.config import PromptConfig, parse_config
 from chatnt_core.errors import PlaceholderCountError, PromptError, PromptTooLongError
 from chatnt_core.generation import generate_ids
@@ -200,3 +203,71 @@ def test_prompt_too_long_for_decoder_context() -> None:
     tags = " ".join(f"@s{i}.fna" for i in range(40))
     with pytest.raises(PromptTooLongError, match=r"40 tags x K=8.*holds 300"):
         model.prompt_batch([f"Compare {tags}"], [{f"s{i}.fna": DNA for i in range(40)}])
+
+
+CHATML = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_pretrained_decoder_from_a_local_directory(tmp_path: Path) -> None:
+    directory = save_tiny_llama(tmp_path / "llama", chat_template=CHATML)
+    data = tiny_config()
+    data["decoder"]["params"] = {"path": str(directory)}
+    data["prompt"] = {"template": "native", "system_prompt": "You read DNA."}
+    model = ChatNTModel.from_config(parse_config(data)).eval()
+    example = Example(
+        [Turn("Is @a.fna a promoter?", "yes"), Turn("Why @a.fna?", "TATA box")],
+        {"a.fna": SequenceInput("a.fna", DNA)},
+    )
+    batch = model.tokenize([example])
+    text = model.decoder.detokenize(batch.input_ids[0].tolist())
+    assert "<|system|>You read DNA." in model.decoder.tokenizer.decode(batch.input_ids[0].tolist())
+    assert "Is  a promoter?" in text  # the placeholder (special) is skipped when decoding
+    answers = model.decoder.tokenizer.decode(batch.labels[batch.labels != IGNORE_INDEX].tolist())
+    assert answers == "yes</s>TATA box</s>"
+    out = model.generate(["Is @a.fna a promoter?"], [{"a.fna": DNA}], max_new_tokens=3)
+    assert isinstance(out[0], str)
+
+
+def test_projection_can_read_the_question_through_the_decoder_embeddings() -> None:
+    data = tiny_config()
+    data["encoders"]["dna"]["projection"]["params"]["question_embeddings"] = "decoder"
+    model = ChatNTModel.from_config(parse_config(data)).eval()
+    projection = model.projection(Modality.DNA)
+    assert projection.question_source == "decoder"
+    assert not any("embed" in name for name, _ in projection.named_parameters())
+    batch = model.prompt_batch(["Is @a.fna GC-rich?"], [{"a.fna": DNA}])
+    other = model.prompt_batch(["Does @a.fna hold a CTCF site?"], [{"a.fna": DNA}])
+    with torch.no_grad():
+        first, second = model.project_occurrences(batch), model.project_occurrences(other)
+    assert first.shape == (1, model.num_latents, model.decoder.hidden_size)
+    assert not torch.allclose(first, second)  # the question steers the projection
+
+
+def test_cli_generate_answers_and_reports_prompt_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    fasta = tmp_path / "p.fa"
+    fasta.write_text(">promoter\nTATAAAAG\nGCGCGC\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "generate",
+                "tiny-random",
+                "Is @p.fna a promoter?",
+                "--seq",
+                f"p.fna={fasta}",
+                "--max-new-tokens",
+                "3",
+            ]
+        )
+    assert exit_info.value.code == 0
+    captured = capsys.readouterr()
+    assert "answered in" in captured.err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "tiny-random", "Is @p.fna a promoter?", "--seq", "q.fna=ACGT"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: @p.fna has no sequence") and err.count("\n") == 1
