@@ -138,6 +138,26 @@ def _plugin_version(module: object) -> str:
     return str(getattr(module, "__version__", "")) or "unknown"
 
 
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: object) -> list[str]:
+    """Hook implementations of ``plugin`` that match no hook spec (usually a typo)."""
+    callers = pm.get_hookcallers(plugin) or []
+    return sorted(
+        caller.name
+        for caller in callers
+        if not caller.has_spec()
+        and any(impl.plugin is plugin and not impl.optionalhook for impl in caller.get_hookimpls())
+    )
+
+
+def _unknown_hooks_message(unknown: list[str]) -> str:
+    known = sorted(_HOOK_FOR_KIND.values())
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        parts.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    return f"implements unknown hook(s) {', '.join(parts)}; hooks are: {', '.join(known)}"
+
+
 def new_plugin_manager() -> pluggy.PluginManager:
     pm = pluggy.PluginManager("chatnt")
     pm.add_hookspecs(hookspecs)
@@ -167,6 +187,11 @@ def load_entry_point_plugins(
             pm.register(module, name=ep.name)
         except Exception as exc:  # a broken plugin must not take the others down
             broken.append(BrokenPlugin(ep.name, f"{type(exc).__name__}: {exc}"))
+            continue
+        unknown = _unknown_hooks(pm, module)
+        if unknown:
+            pm.unregister(module)
+            broken.append(BrokenPlugin(ep.name, _unknown_hooks_message(unknown)))
             continue
         versions[ep.name] = dist.version if dist is not None else _plugin_version(module)
     pm.check_pending()

@@ -158,3 +158,22 @@ def test_every_hook_is_documented() -> None:
         "register_tasks",
     }
     assert all((h.__doc__ or "").strip() for h in hooks)
+
+
+MISSPELT_HOOK_PLUGIN = """
+import chatnt_core
+
+@chatnt_core.hookimpl
+def register_encoder(register):
+    pass
+"""
+
+
+def test_misspelt_hook_breaks_only_its_plugin(install_plugin: InstallPlugin) -> None:
+    install_plugin("chatnt-typo", "typo", "typo_chatnt_plugin", MISSPELT_HOOK_PLUGIN)
+    install_plugin("chatnt-fake", "fake", "fake_chatnt_plugin", FAKE_ENCODER_PLUGIN)
+    registry = load_registry()
+    broken = {b.name: b.error for b in registry.broken}
+    assert "did you mean 'register_encoders'" in broken["typo"]
+    assert "typo" not in registry.plugins
+    assert "fake-encoder" in registry.names(ComponentKind.ENCODER)
