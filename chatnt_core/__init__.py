@@ -6,6 +6,7 @@ The public names live here; see ``docs/architecture.md`` for the data flow.
 from chatnt_core.batching import Example, ModelBatch
 from chatnt_core.config import ModelConfig, ResolvedConfig, load_config, resolve_config
 from chatnt_core.conversation import ChatSession
+from chatnt_core.encoding_cache import EncodingCache
 from chatnt_core.errors import ChatNTError, ConfigError, PromptError
 from chatnt_core.generation import GenerationConfig, generate_ids
 from chatnt_core.hookspecs import hookimpl
@@ -18,7 +19,7 @@ from chatnt_core.interfaces import (
     Projection,
 )
 from chatnt_core.modality import Modality
-from chatnt_core.model import ChatNTModel, EncodingCache, ModelOutput
+from chatnt_core.model import ChatNTModel, ModelOutput
 from chatnt_core.plugins import BuildContext, get_registry
 from chatnt_core.prompt import SequenceInput, Turn
 

@@ -46,6 +46,12 @@ class EncoderSlot(ComponentConfig):
     """An encoder for one modality and the projection that feeds its output to the decoder."""
 
     projection: ComponentConfig
+    cache_size: int = Field(
+        256,
+        ge=0,
+        description="encoder outputs kept for reuse across prompts (only while the encoder "
+        "is frozen or in eval mode); 0 turns the cache off",
+    )
 
 
 class PromptConfig(_Strict):

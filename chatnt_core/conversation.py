@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from chatnt_core.batching import Example
+from chatnt_core.encoding_cache import EncodingCache
 from chatnt_core.errors import PromptError, UnusedSequenceError
 from chatnt_core.generation import GenerationConfig, generate_ids
-from chatnt_core.model import ChatNTModel, EncodingCache
+from chatnt_core.model import ChatNTModel
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, find_tags
 
 

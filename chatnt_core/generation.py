@@ -21,7 +21,8 @@ from chatnt_core.batching import ModelBatch, position_ids_from_mask
 from chatnt_core.errors import PromptTooLongError
 
 if TYPE_CHECKING:
-    from chatnt_core.model import ChatNTModel, EncodingCache
+    from chatnt_core.encoding_cache import EncodingCache
+    from chatnt_core.model import ChatNTModel
 
 
 @dataclass(frozen=True)

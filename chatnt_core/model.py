@@ -26,31 +26,13 @@ from chatnt_core.batching import (
     tokenize_example,
 )
 from chatnt_core.config import ModelConfig, ResolvedConfig, load_config, resolve_config
+from chatnt_core.encoding_cache import EncodingCache, weights_version
 from chatnt_core.errors import PromptError
 from chatnt_core.interfaces import Decoder, Encoder, Projection
 from chatnt_core.merge import merge_sequence_embeddings
 from chatnt_core.modality import Modality
 from chatnt_core.plugins import PluginRegistry
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs
-
-
-class EncodingCache:
-    """Encoder outputs by (modality, sequence), so a conversation encodes each sequence once.
-
-    Valid while the encoder's weights do not change; a chat session owns one.
-    """
-
-    def __init__(self) -> None:
-        self._rows: dict[tuple[Modality, str], torch.Tensor] = {}  # each (n, D_enc)
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def get(self, modality: Modality, sequence: str) -> torch.Tensor | None:
-        return self._rows.get((modality, sequence))
-
-    def put(self, modality: Modality, sequence: str, rows: torch.Tensor) -> None:
-        self._rows[(modality, sequence)] = rows.detach()
 
 
 @dataclass
@@ -75,6 +57,12 @@ class ChatNTModel(nn.Module):
         self.encoders = nn.ModuleDict({m.value: e for m, e in encoders.items()})
         self.projections = nn.ModuleDict({m.value: p for m, p in projections.items()})
         self.decoder = decoder
+        # Per-encoder LRU of outputs, used only when the encoder cannot be changing.
+        self.encoding_caches: dict[Modality, EncodingCache] = {
+            m: EncodingCache(slot.cache_size)
+            for m, slot in self.config.encoders.items()
+            if slot.cache_size > 0
+        }
 
     @classmethod
     def from_config(
@@ -147,25 +135,41 @@ class ChatNTModel(nn.Module):
 
     # ---- the data path -------------------------------------------------------------------
 
+    def _cacheable(self, encoder: Encoder) -> bool:
+        """Outputs may be reused: eval mode, and no gradient is wanted from the encoder."""
+        wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
+        return not encoder.training and not wants_grad
+
     def encode_sequences(
         self, modality: Modality, sequences: Sequence[str], cache: EncodingCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unique sequences -> (U, N, D_enc) embeddings and (U, N) mask, reusing ``cache``."""
+        """Unique sequences -> (U, N, D_enc) embeddings and (U, N) mask.
+
+        Rows come from ``cache`` (a conversation's) or the model's own per-encoder cache
+        when the encoder is frozen or in eval mode; the rest are encoded in one call.
+        """
         encoder = self.encoder(modality)
+        caches: list[EncodingCache] = []
+        if self._cacheable(encoder):
+            own = self.encoding_caches.get(modality)
+            caches = [c for c in (cache, own) if c is not None]
+        name = f"{modality.value}:{self.config.encoders[modality].name}"
+        version = weights_version(encoder) if caches else 0
         rows: dict[str, torch.Tensor] = {}
-        missing = list(sequences)
-        if cache is not None:
-            for sequence in sequences:
-                hit = cache.get(modality, sequence)
+        for sequence in sequences:
+            for store in caches:
+                hit = store.get(name, version, sequence)
                 if hit is not None:
                     rows[sequence] = hit
-            missing = [s for s in sequences if s not in rows]
+                    break
+        missing = [s for s in sequences if s not in rows]
         if missing:
             out = encoder.encode(missing)  # (M, N, D_enc)
             for i, sequence in enumerate(missing):
                 rows[sequence] = out.embeddings[i, out.mask[i]]  # (n_i, D_enc)
-                if cache is not None:
-                    cache.put(modality, sequence, rows[sequence])
+        for store in caches:
+            for sequence in sequences:
+                store.put(name, version, sequence, rows[sequence])
         ordered = [rows[s] for s in sequences]
         width = max(r.shape[0] for r in ordered)
         embeddings = ordered[0].new_zeros((len(ordered), width, encoder.embed_dim))

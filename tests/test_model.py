@@ -153,6 +153,8 @@ def test_several_modalities_route_to_their_encoders(
     model: ChatNTModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[Modality, list[str]] = {}
+    for cache in model.encoding_caches.values():
+        cache.clear()  # earlier tests filled the model's own cache
     for modality in model.modalities:
         encoder = model.encoder(modality)
         original = encoder.encode
@@ -174,6 +176,7 @@ def test_chat_session_encodes_each_sequence_once(
     model: ChatNTModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[list[str]] = []
+    model.encoding_caches[Modality.DNA].clear()
     encoder = model.encoder(Modality.DNA)
     original = encoder.encode
 
