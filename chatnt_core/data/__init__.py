@@ -1,0 +1,1 @@
+"""Instruction data: the stored record format, task cards, dataset building, batching."""
