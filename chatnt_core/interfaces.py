@@ -6,7 +6,8 @@ plugin that subclasses them (in any package) can be assembled from a config.
 Tensor-shape glossary (used in comments across the package):
 
     B      batch size (prompts, or sequences for an encoder call)
-    N      encoder tokens per sequence, padded (N <= Encoder.max_tokens)
+    N      encoder tokens per sequence, padded (N <= Encoder.max_tokens, unless the encoder
+           chunks long sequences into windows of max_tokens and concatenates them)
     D_enc  encoder embedding width (Encoder.embed_dim)
     Q      question tokens (decoder vocabulary), padded
     K      latents per sequence: the projection's output length (config num_latents)
