@@ -4,6 +4,7 @@ The public names live here; see ``docs/architecture.md`` for the data flow.
 """
 
 from chatnt_core.batching import Example, ModelBatch
+from chatnt_core.calibration import PlattCalibrator, yes_probability
 from chatnt_core.config import ModelConfig, ResolvedConfig, load_config, resolve_config
 from chatnt_core.conversation import ChatSession
 from chatnt_core.encoding_cache import EncodingCache
@@ -22,6 +23,7 @@ from chatnt_core.modality import Modality
 from chatnt_core.model import ChatNTModel, ModelOutput
 from chatnt_core.plugins import BuildContext, get_registry
 from chatnt_core.prompt import SequenceInput, Turn
+from chatnt_core.scoring import score_candidates
 
 __version__ = "0.1.0"
 
@@ -43,6 +45,7 @@ __all__ = [
     "ModelBatch",
     "ModelConfig",
     "ModelOutput",
+    "PlattCalibrator",
     "Projection",
     "PromptError",
     "ResolvedConfig",
@@ -53,4 +56,6 @@ __all__ = [
     "hookimpl",
     "load_config",
     "resolve_config",
+    "score_candidates",
+    "yes_probability",
 ]

@@ -32,6 +32,7 @@ class GenerationConfig:
     use_cache: bool = True
     seed: int | None = None  # for temperature sampling
     stop_token_ids: tuple[int, ...] = ()  # in addition to the decoder's EOS
+    ignore_eos: bool = False  # run to max_new_tokens (benchmarks); stop_token_ids still stop
 
 
 def _next_tokens(
@@ -62,9 +63,10 @@ def generate_ids(
             f"{decoder.max_context} tokens); shorten the conversation"
         )
     max_new = min(config.max_new_tokens, room)
-    stops = torch.tensor(
-        sorted({decoder.eos_token_id, *config.stop_token_ids}), device=batch.input_ids.device
-    )
+    stop_ids = set(config.stop_token_ids)
+    if not config.ignore_eos:
+        stop_ids.add(decoder.eos_token_id)
+    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=batch.input_ids.device)
     generator = None
     if config.temperature > 0 and config.seed is not None:
         generator = torch.Generator(device=batch.input_ids.device).manual_seed(config.seed)

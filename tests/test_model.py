@@ -274,3 +274,13 @@ def test_cli_generate_answers_and_reports_prompt_errors(
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
     assert err.startswith("error: @p.fna has no sequence") and err.count("\n") == 1
+
+
+def test_ignore_eos_runs_to_max_new_tokens(model: ChatNTModel) -> None:
+    batch = model.prompt_batch(["Hi @a.fna"], [{"a.fna": DNA}])
+    eos = model.decoder.eos_token_id
+    forced = generate_ids(model, batch, GenerationConfig(max_new_tokens=6, ignore_eos=True))
+    assert len(forced[0]) == 6
+    normal = generate_ids(model, batch, GenerationConfig(max_new_tokens=6))
+    assert normal[0] == forced[0][: len(normal[0])]
+    assert len(normal[0]) == 6 or forced[0][len(normal[0])] == eos

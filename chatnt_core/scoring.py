@@ -1,0 +1,294 @@
+"""Score candidate answers by their likelihood under the model, prompt run once.
+
+The perplexity-based classifier (paper, Methods §3) needs, for every question, the
+log-probability of 2N fixed answer phrasings. Running ``prompt + answer`` through the
+decoder once per phrasing repeats the ~512-token prompt (and the encoder) 2N times;
+here the prompt runs once with ``use_cache=True`` and all candidates of all prompts are
+scored in one decoder call against row copies of that KV cache.
+
+Which tokens are scored: exactly the tokens training puts the loss on for that answer.
+The conversation with the candidate as the final answer is tokenized by
+``batching.tokenize_example`` (the training path) and the candidate's tokens are the tail
+past the prompt: for the vicuna template ``" {answer}"`` followed by EOS. EOS is
+included because it is what says "the answer ends here": without it "yes" would also get
+the mass of "yes, but..." continuations.
+
+Shapes: B prompts, R = sum of candidates over prompts (rows, prompt-major), L the
+longest candidate in tokens, T the padded prompt length.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from chatnt_core.batching import Example, ModelBatch, position_ids_from_mask, tokenize_example
+from chatnt_core.errors import PromptError
+from chatnt_core.prompt import Turn
+
+if TYPE_CHECKING:
+    from chatnt_core.encoding_cache import EncodingCache
+    from chatnt_core.model import ChatNTModel
+
+
+@dataclass
+class CandidateScores:
+    """Per-token log-probabilities of every (prompt, candidate) pair, rows prompt-major."""
+
+    token_log_probs: torch.Tensor  # (R, L) float32, 0 at padding
+    token_mask: torch.Tensor  # (R, L) bool, True at the candidate's tokens
+    prompt_index: torch.Tensor  # (R,) long, the prompt each row belongs to
+    counts: list[int]  # (B,) candidates per prompt
+
+    @property
+    def num_tokens(self) -> torch.Tensor:
+        return self.token_mask.sum(dim=-1)  # (R,)
+
+    @property
+    def log_likelihood(self) -> torch.Tensor:
+        """Summed log p of the candidate's tokens (EOS included)."""
+        return self.token_log_probs.sum(dim=-1)  # (R,)
+
+    @property
+    def mean_nll(self) -> torch.Tensor:
+        return -self.log_likelihood / self.num_tokens.clamp(min=1)  # (R,)
+
+    @property
+    def perplexity(self) -> torch.Tensor:
+        return torch.exp(self.mean_nll)  # (R,)
+
+    def per_prompt(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Split a per-row tensor (R, ...) into one tensor per prompt."""
+        return list(torch.split(values, self.counts))
+
+    def grid(self, values: torch.Tensor) -> torch.Tensor:
+        """(R,) -> (B, C) when every prompt has the same number C of candidates."""
+        if len(set(self.counts)) > 1:
+            raise ValueError(f"prompts have different candidate counts {self.counts}")
+        return values.reshape(len(self.counts), -1)
+
+
+def _prompt_turns(example: Example) -> list[Turn]:
+    if not example.turns or example.turns[-1].assistant is not None:
+        raise PromptError(
+            "a prompt to score answers for must end with a user message that has no answer"
+        )
+    return list(example.turns)
+
+
+def _with_answer(example: Example, answer: str) -> Example:
+    turns = _prompt_turns(example)
+    return Example([*turns[:-1], Turn(turns[-1].user, answer)], example.sequences)
+
+
+def _tokenized_ids(model: ChatNTModel, example: Example) -> list[int]:
+    tokenized = tokenize_example(
+        example, model.decoder, model.config.prompt, model.num_latents, model.modalities
+    )
+    return tokenized.input_ids
+
+
+def answer_token_ids(model: ChatNTModel, answer: str, prompt: Example | None = None) -> list[int]:
+    """The ids training scores for ``answer`` as the reply to ``prompt``.
+
+    Without a prompt a one-message dummy conversation is used; segments are tokenized
+    independently, so for the vicuna template the result does not depend on the prompt.
+    """
+    prompt = prompt if prompt is not None else Example([Turn("")])
+    head = _tokenized_ids(model, prompt)
+    full = _tokenized_ids(model, _with_answer(prompt, answer))
+    if full[: len(head)] != head:
+        raise PromptError(
+            "the template renders the prompt differently once an answer follows it, so the "
+            "answer's tokens cannot be isolated; use the vicuna template"
+        )
+    return full[len(head) :]
+
+
+def select_cache_rows(past: Any, index: torch.Tensor) -> Any:
+    """A new KV cache whose row r is row ``index[r]`` of ``past``; ``past`` is not touched.
+
+    Transformers caches (``Cache`` with ``layers``): the container and each layer are
+    shallow-copied, then ``batch_select_indices`` replaces the copies' key/value tensors
+    by indexed (hence newly allocated) ones. The decoder later grows the copy in place,
+    which is why the shared prompt cache must never be handed over itself. Legacy tuple
+    caches ``((k, v), ...)`` are indexed tensor by tensor.
+    """
+    if hasattr(past, "layers") and hasattr(past, "batch_select_indices"):
+        selected = copy.copy(past)
+        selected.layers = [copy.copy(layer) for layer in past.layers]
+        selected.batch_select_indices(index)
+        return selected
+    if isinstance(past, (tuple, list)):
+        return tuple(tuple(t.index_select(0, index.to(t.device)) for t in layer) for layer in past)
+    raise TypeError(
+        f"cannot copy rows of a {type(past).__name__} decoder cache: shared-prefix scoring "
+        "needs a transformers Cache or a tuple of (key, value) tensors per layer; use "
+        "score_candidates_naive with this decoder"
+    )
+
+
+def _check_counts(num_prompts: int, candidates: Sequence[Sequence[str]]) -> None:
+    if len(candidates) != num_prompts:
+        raise ValueError(f"got {num_prompts} prompts but {len(candidates)} candidate lists")
+
+
+def _prepare(
+    model: ChatNTModel, prompts: Sequence[Example] | ModelBatch, candidates: Sequence[Sequence[str]]
+) -> tuple[ModelBatch, list[list[list[int]]]]:
+    if isinstance(prompts, ModelBatch):
+        _check_counts(prompts.input_ids.shape[0], candidates)
+        shared: dict[str, list[int]] = {}
+        for answer in {a for row in candidates for a in row}:
+            shared[answer] = answer_token_ids(model, answer)
+        return prompts, [[shared[a] for a in row] for row in candidates]
+    _check_counts(len(prompts), candidates)
+    for example in prompts:
+        _prompt_turns(example)
+    ids = [[answer_token_ids(model, a, p) for a in row] for p, row in zip(prompts, candidates)]
+    return model.tokenize(prompts), ids
+
+
+def _empty_scores(counts: list[int], device: torch.device) -> CandidateScores:
+    return CandidateScores(
+        torch.zeros((0, 0), device=device),
+        torch.zeros((0, 0), dtype=torch.bool, device=device),
+        torch.zeros(0, dtype=torch.long, device=device),
+        counts,
+    )
+
+
+def _pack(
+    rows: Sequence[Sequence[int]], pad: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists into (R, L) ids and (R, L) mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
+        mask[i, : len(row)] = True
+    return ids, mask
+
+
+def _gather(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(R, L, V) log-probs, (R, L) ids -> (R, L) log-prob of each id."""
+    return log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def score_candidates(
+    model: ChatNTModel,
+    prompts: Sequence[Example] | ModelBatch,
+    candidates: Sequence[Sequence[str]],
+    *,
+    cache: EncodingCache | None = None,
+    max_rows: int | None = None,
+) -> CandidateScores:
+    """Log-probabilities of ``candidates[b]`` as the answer to prompt b, prompt run once.
+
+    ``prompts`` are conversations ending on an unanswered user message, or the
+    ``ModelBatch`` of such prompts (left-padded). ``max_rows`` caps the candidate rows
+    of one decoder call (each row holds a copy of its prompt's KV cache); ``None`` scores
+    everything in one call.
+    """
+    batch, answer_ids = _prepare(model, prompts, candidates)
+    counts = [len(row) for row in answer_ids]
+    device = model.device
+    if sum(counts) == 0:
+        return _empty_scores(counts, device)
+    batch = batch.to(device)
+    decoder = model.decoder
+
+    embeds = model.embed_prompt(batch, cache)  # (B, T, D)
+    prompt_mask = batch.attention_mask  # (B, T)
+    out = decoder(embeds, prompt_mask, position_ids_from_mask(prompt_mask), use_cache=True)
+    past = out.past_key_values
+    # The last prompt position predicts every candidate's first token.
+    first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
+    prompt_length = prompt_mask.sum(dim=-1)  # (B,) position of the first answer token
+
+    flat = [ids for row in answer_ids for ids in row]
+    owner = torch.tensor([b for b, n in enumerate(counts) for _ in range(n)], device=device)
+    ids, mask = _pack(flat, decoder.pad_token_id, device)  # (R, L)
+    scores = torch.zeros(ids.shape, device=device)  # (R, L)
+    step = max_rows or len(flat)
+    for start in range(0, len(flat), step):
+        rows = slice(start, start + step)
+        index = owner[rows]  # (r,)
+        chunk_ids, chunk_mask = ids[rows], mask[rows]  # (r, L)
+        chunk = scores[rows]  # (r, L) view
+        chunk[:, 0] = first[index].gather(-1, chunk_ids[:, :1]).squeeze(-1)
+        width = int(chunk_mask.sum(dim=-1).max())
+        if width > 1:
+            # Feed tokens 0..w-2; the output at token j predicts token j + 1.
+            fed = chunk_ids[:, : width - 1]  # (r, w-1)
+            attention = torch.cat([prompt_mask[index], chunk_mask[:, : width - 1]], dim=1)
+            offsets = torch.arange(width - 1, device=device)
+            positions = prompt_length[index, None] + offsets  # (r, w-1)
+            step_out = decoder(
+                decoder.embed_tokens(fed),  # (r, w-1, D)
+                attention,  # (r, T + w-1)
+                positions,
+                past_key_values=select_cache_rows(past, index),
+                use_cache=True,
+            )
+            log_probs = F.log_softmax(step_out.logits.float(), dim=-1)  # (r, w-1, V)
+            chunk[:, 1:width] = _gather(log_probs, chunk_ids[:, 1:width])
+    scores = scores.masked_fill(~mask, 0.0)
+    return CandidateScores(scores, mask, owner, counts)
+
+
+@torch.no_grad()
+def score_candidates_naive(
+    model: ChatNTModel,
+    prompts: Sequence[Example],
+    candidates: Sequence[Sequence[str]],
+    *,
+    batch_size: int = 1,
+    cache: EncodingCache | None = None,
+) -> CandidateScores:
+    """Reference: one full teacher-forced pass per (prompt, candidate) conversation.
+
+    Encoder, projection and the whole prompt run again for every candidate, which is
+    what the shared-prefix path avoids. ``batch_size`` conversations share a padded
+    forward; rows are left-padded, so each answer is the tail of its row.
+    """
+    _check_counts(len(prompts), candidates)
+    pairs = [(p, a) for p, row in zip(prompts, candidates) for a in row]
+    counts = [len(row) for row in candidates]
+    device = model.device
+    if not pairs:
+        return _empty_scores(counts, device)
+    rows: list[torch.Tensor] = []
+    for start in range(0, len(pairs), batch_size):
+        group = pairs[start : start + batch_size]
+        full = [_with_answer(p, a) for p, a in group]
+        lengths = [
+            len(_tokenized_ids(model, e)) - len(_tokenized_ids(model, p))
+            for e, (p, _) in zip(full, group)
+        ]
+        batch = model.tokenize(full).to(device)
+        logits = model.decoder(
+            model.embed_prompt(batch, cache),
+            batch.attention_mask,
+            position_ids_from_mask(batch.attention_mask),
+        ).logits  # (b, T, V)
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (b, T-1, V)
+        # Placeholder ids may lie past the vocabulary; they are prompt tokens, dropped below.
+        targets = batch.input_ids[:, 1:].clamp(max=log_probs.shape[-1] - 1)  # (b, T-1)
+        token_lp = _gather(log_probs, targets)  # (b, T-1): log p of token t + 1
+        rows += [token_lp[i, token_lp.shape[1] - n :] for i, n in enumerate(lengths)]
+    width = max(r.shape[0] for r in rows)
+    scores = torch.zeros((len(rows), width), device=device)  # (R, L)
+    mask = torch.zeros((len(rows), width), dtype=torch.bool, device=device)
+    for i, row in enumerate(rows):
+        scores[i, : row.shape[0]] = row
+        mask[i, : row.shape[0]] = True
+    owner = torch.tensor([b for b, n in enumerate(counts) for _ in range(n)], device=device)
+    return CandidateScores(scores, mask, owner, counts)
