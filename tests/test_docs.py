@@ -4,6 +4,8 @@ and every relative link resolves."""
 from __future__ import annotations
 
 import re
+import sys
+import types
 from importlib import metadata
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from chatnt_core.plugins import (
     load_registry,
     reset_registry,
 )
+from chatnt_core.testing import check_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -69,14 +72,46 @@ def toml_sections(text: str) -> dict[str, dict[str, str]]:
     return sections
 
 
-# ---- the example plugin of docs/plugins.md ---------------------------------------------
+# ---- the example plugin package of docs/plugins.md -------------------------------------
+
+EXAMPLE = DOCS / "examples" / "chatnt-kmer-encoder"
+FILE_BLOCK = re.compile(r"^```[\w+-]+ file=(\S+)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def example_file(name: str) -> str:
+    path = EXAMPLE / name
+    assert path.is_file(), f"docs/examples/chatnt-kmer-encoder/{name} is missing"
+    return path.read_text(encoding="utf-8")
+
+
+def non_blank_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def test_plugins_md_shows_the_example_package_verbatim_and_completely() -> None:
+    """The package is the one source of truth: each ```lang file=PATH block is a verbatim
+    piece of that file, and a file's blocks, in order, cover every line of it."""
+    blocks: dict[str, list[str]] = {}
+    for name, body in FILE_BLOCK.findall(read_doc("plugins.md")):
+        blocks.setdefault(name, []).append(body)
+    assert {
+        "src/chatnt_kmer/__init__.py",
+        "pyproject.toml",
+        "example.yaml",
+        "tests/test_conformance.py",
+    } <= set(blocks)
+    for name, bodies in blocks.items():
+        source = example_file(name)
+        for body in bodies:
+            assert body in source, f"a docs/plugins.md block differs from {name}:\n{body}"
+        shown = [line for body in bodies for line in non_blank_lines(body)]
+        assert shown == non_blank_lines(source), f"docs/plugins.md does not show all of {name}"
 
 
 def test_plugins_md_example_is_discovered_and_answers(install_plugin: InstallPlugin) -> None:
-    doc = read_doc("plugins.md")
-    source = only_block(doc, "python")
-    pyproject = toml_sections(only_block(doc, "toml", containing="[project]"))
-    config_data = yaml.safe_load(only_block(doc, "yaml"))
+    source = example_file("src/chatnt_kmer/__init__.py")
+    pyproject = toml_sections(example_file("pyproject.toml"))
+    config_data = yaml.safe_load(example_file("example.yaml"))
 
     dist = pyproject["project"]["name"]
     version = pyproject["project"]["version"]
@@ -92,7 +127,7 @@ def test_plugins_md_example_is_discovered_and_answers(install_plugin: InstallPlu
     assert entry.plugin == entry_point
     assert entry.params_model.model_config.get("extra") == "forbid"
 
-    model = ChatNTModel.from_config(parse_config(config_data, source="plugins.md")).eval()
+    model = ChatNTModel.from_config(parse_config(config_data, source="example.yaml")).eval()
     encoder = model.encoders["dna"]
     assert isinstance(encoder, Encoder)
     assert type(encoder).__module__ == module
@@ -105,12 +140,28 @@ def test_plugins_md_example_is_discovered_and_answers(install_plugin: InstallPlu
     assert all(isinstance(answer, str) for answer in answers)
 
 
-def test_plugins_md_yaml_uses_the_tiny_random_decoder() -> None:
-    config_data = yaml.safe_load(only_block(read_doc("plugins.md"), "yaml"))
-    decoder = config_data["decoder"]
-    assert decoder["name"] == "hf-causal-lm"
-    assert decoder["params"]["tokenizer"] == "bytes"
-    assert decoder["params"]["random_init"]["model_type"] == "llama"
+def test_plugins_md_failure_example_is_what_the_suite_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Step 10 shows the report for the example without its masking line; it is real."""
+    masking = "x = self.embedding(input_ids) * keep"
+    source = example_file("src/chatnt_kmer/__init__.py")
+    assert masking in source
+    module = types.ModuleType("chatnt_kmer_without_masking")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(source.replace(masking, "x = self.embedding(input_ids)"), module.__dict__)
+    params = module.KmerParams(k=3, embed_dim=8)
+    report = check_encoder(module.KmerEncoder(params))
+    assert [r.name for r in report.failures] == ["padding_invariance"]
+    shown = only_block(read_doc("plugins.md"), "text", containing="AssertionError")
+    assert report["padding_invariance"].reason.split(": max abs")[0] in shown
+
+
+def test_example_yaml_uses_the_tiny_random_decoder() -> None:
+    config_data = yaml.safe_load(example_file("example.yaml"))
+    preset = yaml.safe_load((ROOT / "registry" / "models" / "tiny-random.yaml").read_text())
+    assert config_data["decoder"] == preset["decoder"]
+    assert only_block(read_doc("plugins.md"), "yaml") in example_file("example.yaml")
 
 
 # ---- docs/config.md documents every field -------------------------------------------
