@@ -1,0 +1,248 @@
+"""Built-in demo tasks: synthetic sequences with real transcription-factor binding sites.
+
+The demo gives ``chatnt`` something to train and evaluate on without downloading anything.
+Sequences are random background DNA with sites planted in them; each site is sampled
+column by column from a JASPAR 2024 count matrix (counts plus a pseudocount), so the
+sites vary the way real binding sites do rather than repeating one consensus string.
+The matrices ship in ``motifs.json`` with their IDs, versions and the CC BY 4.0
+attribution JASPAR asks for.
+
+Four tasks, each with a card under ``registry/tasks`` (``demo-`` prefix): is a CTCF site
+present (binary, with decoy sites of other factors in half of the negatives so "any motif"
+is not enough), which factor's site was planted (one of six), the GC content, and how many
+REST sites there are (0-3). Everything is drawn from seeded generators, so a seed always
+gives the same dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chatnt_core.data.builder import (
+    MANIFEST_FORMAT,
+    DataError,
+    RecordMaker,
+    prepare_output,
+    publish,
+    write_records,
+)
+from chatnt_core.data.records import InstructionRecord
+from chatnt_core.data.tasks import TaskCard, load_card_file
+from chatnt_core.presets import registry_root
+
+DEMO_TASKS = ("demo-ctcf-site", "demo-tf-site", "demo-gc-content", "demo-motif-count")
+FACTORS = ("CTCF", "TBP", "GATA1", "SP1", "NRF1", "REST")  # demo-tf-site label order
+SEQUENCE_LENGTH = 200
+PSEUDOCOUNT = 0.5  # per base and column, so no base is ever impossible
+_BASES = np.array(list("ACGT"))
+_COMPLEMENT = str.maketrans("ACGT", "TGCA")
+
+
+@dataclass(frozen=True)
+class Motif:
+    """A JASPAR count matrix (4 x length, rows A, C, G, T) and what it is called."""
+
+    matrix_id: str
+    name: str
+    counts: np.ndarray
+
+    @property
+    def length(self) -> int:
+        return int(self.counts.shape[1])
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        padded = self.counts + PSEUDOCOUNT
+        return padded / padded.sum(axis=0, keepdims=True)
+
+    def sample(self, rng: np.random.Generator) -> str:
+        """One site on the motif's own strand: each column drawn from its base frequencies."""
+        cumulative = self.probabilities.cumsum(axis=0)  # (4, L)
+        draws = rng.random(self.length)
+        index = (draws[None, :] > cumulative).sum(axis=0).clip(0, 3)
+        return "".join(_BASES[index])
+
+    def score(self, site: str) -> float:
+        """Log-odds (base 2) of ``site`` against a uniform background, motif strand."""
+        rows = ["ACGT".index(b) for b in site.upper()]
+        return float(sum(math.log2(self.probabilities[r, i] / 0.25) for i, r in enumerate(rows)))
+
+
+@dataclass(frozen=True)
+class MotifSet:
+    motifs: dict[str, Motif]  # by upper-case factor name
+    attribution: str
+    notice: str
+    release: str
+
+
+def load_motifs() -> MotifSet:
+    """The shipped JASPAR matrices with their attribution (kept together on purpose)."""
+    text = (resources.files("chatnt_core.data") / "motifs.json").read_text(encoding="utf-8")
+    data = json.loads(text)
+    motifs = {
+        entry["name"].upper(): Motif(
+            entry["matrix_id"],
+            entry["name"].upper(),
+            np.array([entry["counts"][base] for base in "ACGT"], dtype=float),
+        )
+        for entry in data["motifs"]
+    }
+    return MotifSet(motifs, data["attribution"], data["NOTICE"], data["release"])
+
+
+def reverse_complement(sequence: str) -> str:
+    return sequence.translate(_COMPLEMENT)[::-1]
+
+
+@dataclass(frozen=True)
+class PlantedSite:
+    factor: str
+    start: int  # 0-based
+    strand: str  # "+" motif strand, "-" reverse complement
+    site: str  # as written into the sequence
+
+
+@dataclass
+class DemoExample:
+    task: str
+    sequence: str
+    label: str | None = None
+    value: float | None = None
+    sites: list[PlantedSite] = field(default_factory=list)
+
+
+class DemoGenerator:
+    """Draws demo examples from one seeded numpy generator."""
+
+    def __init__(self, seed: int, motifs: MotifSet | None = None) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.motifs = motifs or load_motifs()
+
+    def background(self, gc: float) -> list[str]:
+        probabilities = [(1 - gc) / 2, gc / 2, gc / 2, (1 - gc) / 2]
+        return list(_BASES[self.rng.choice(4, size=SEQUENCE_LENGTH, p=probabilities)])
+
+    def plant(self, bases: list[str], factors: list[str]) -> list[PlantedSite]:
+        """Write one sampled site per factor at random, non-overlapping positions."""
+        taken: list[tuple[int, int]] = []
+        planted = []
+        for factor in factors:
+            motif = self.motifs.motifs[factor]
+            for _ in range(1000):
+                start = int(self.rng.integers(0, SEQUENCE_LENGTH - motif.length + 1))
+                end = start + motif.length
+                if all(end <= s or start >= e for s, e in taken):
+                    break
+            else:  # pragma: no cover - 200 bp always holds a few sites
+                raise DataError(f"no room left for a {factor} site")
+            site = motif.sample(self.rng)
+            strand = "+" if self.rng.random() < 0.5 else "-"
+            written = site if strand == "+" else reverse_complement(site)
+            bases[start:end] = list(written)
+            taken.append((start, end))
+            planted.append(PlantedSite(factor, start, strand, written))
+        return planted
+
+    def _example(self, task: str, factors: list[str], gc: float | None = None) -> DemoExample:
+        bases = self.background(gc if gc is not None else float(self.rng.uniform(0.4, 0.6)))
+        sites = self.plant(bases, factors)
+        return DemoExample(task, "".join(bases), sites=sites)
+
+    def ctcf_site(self) -> DemoExample:
+        positive = self.rng.random() < 0.5
+        others = [f for f in FACTORS if f != "CTCF"]
+        decoy = [others[int(self.rng.integers(len(others)))]] if self.rng.random() < 0.5 else []
+        example = self._example("demo-ctcf-site", ["CTCF"] if positive else decoy)
+        example.label = "ctcf_site" if positive else "no_ctcf_site"
+        return example
+
+    def tf_site(self) -> DemoExample:
+        factor = FACTORS[int(self.rng.integers(len(FACTORS)))]
+        example = self._example("demo-tf-site", [factor])
+        example.label = factor
+        return example
+
+    def gc_content(self) -> DemoExample:
+        factor = FACTORS[int(self.rng.integers(len(FACTORS)))]
+        example = self._example("demo-gc-content", [factor], gc=float(self.rng.uniform(0.3, 0.7)))
+        seq = example.sequence
+        example.value = (seq.count("G") + seq.count("C")) / len(seq)
+        return example
+
+    def motif_count(self) -> DemoExample:
+        count = int(self.rng.integers(0, 4))
+        example = self._example("demo-motif-count", ["REST"] * count)
+        example.value = float(count)
+        return example
+
+    def draw(self, task: str) -> DemoExample:
+        makers = {
+            "demo-ctcf-site": self.ctcf_site,
+            "demo-tf-site": self.tf_site,
+            "demo-gc-content": self.gc_content,
+            "demo-motif-count": self.motif_count,
+        }
+        return makers[task]()
+
+
+def demo_cards() -> dict[str, TaskCard]:
+    """The demo cards straight from their YAML files (no plugin discovery needed)."""
+    return {name: load_card_file(registry_root() / "tasks" / f"{name}.yaml") for name in DEMO_TASKS}
+
+
+def demo_records(split: str, size_per_task: int, seed: int) -> list[InstructionRecord]:
+    """``size_per_task`` examples of every demo task, rendered and shuffled together."""
+    split_index = {"train": 0, "test": 1}[split]
+    generator = DemoGenerator(seed * 2 + split_index)
+    text_rng = random.Random(f"demo:{seed}:{split}")
+    records: list[InstructionRecord] = []
+    for name, card in demo_cards().items():
+        maker = RecordMaker(card, split, text_rng)
+        for _ in range(size_per_task):
+            example = generator.draw(name)
+            records.append(maker.single([example.sequence], example.label, example.value))
+    text_rng.shuffle(records)
+    return records
+
+
+def write_demo(
+    out: Path, train_size: int = 1000, test_size: int = 200, seed: int = 0, overwrite: bool = False
+) -> dict[str, Any]:
+    """Write ``out/train``, ``out/test`` and ``out/manifest.json``; returns the manifest."""
+    if train_size < 1 or test_size < 1:
+        raise DataError("--train-size and --test-size must be at least 1")
+    workdir = prepare_output(out, overwrite)
+    try:
+        for split, size in (("train", train_size), ("test", test_size)):
+            write_records(demo_records(split, size, seed), workdir / split, split)
+        publish(workdir, out)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    motifs = load_motifs()
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "task": "demo",
+        "tasks": {name: card.content_hash() for name, card in demo_cards().items()},
+        "seed": seed,
+        "splits": {
+            "train": {"records": train_size * len(DEMO_TASKS)},
+            "test": {"records": test_size * len(DEMO_TASKS)},
+        },
+        "motifs": {
+            "release": motifs.release,
+            "matrix_ids": {name: motif.matrix_id for name, motif in motifs.motifs.items()},
+            "attribution": motifs.attribution,
+        },
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return manifest
