@@ -3,6 +3,7 @@
 The public names live here; see ``docs/architecture.md`` for the data flow.
 """
 
+from chatnt_core.api import Answer, ChatNT
 from chatnt_core.batching import Example, ModelBatch
 from chatnt_core.calibration import PlattCalibrator, yes_probability
 from chatnt_core.config import ModelConfig, ResolvedConfig, load_config, resolve_config
@@ -28,7 +29,9 @@ from chatnt_core.scoring import score_candidates
 __version__ = "0.1.0"
 
 __all__ = [
+    "Answer",
     "BuildContext",
+    "ChatNT",
     "ChatNTError",
     "ChatNTModel",
     "ChatSession",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from chatnt_core.config import ResolvedComponent, ResolvedConfig
@@ -44,8 +45,18 @@ def _build(
 def build_components(
     resolved: ResolvedConfig, registry: PluginRegistry | None = None
 ) -> Components:
-    """Call each factory with its validated params; freeze what the config freezes."""
-    registry = registry or get_registry()
+    """Call each factory with its validated params; freeze what the config freezes.
+
+    Built under ``config.seed`` (the caller's RNG state is restored afterwards), so the same
+    config gives the same random weights in every process - what data-parallel training and
+    sharded batch inference need.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(resolved.config.seed)
+        return _build_all(resolved, registry or get_registry())
+
+
+def _build_all(resolved: ResolvedConfig, registry: PluginRegistry) -> Components:
     decoder = _build(resolved.decoder, BuildContext(), Decoder, registry)
     assert isinstance(decoder, Decoder)
     num_latents = resolved.config.num_latents

@@ -16,10 +16,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from chatnt_core.cli_ask import ask_command, batch_command, chat_command
 from chatnt_core.config import load_config, resolve_config
+from chatnt_core.data.cli import data_app
 from chatnt_core.errors import ChatNTError
+from chatnt_core.evaluation.cli import calibrate_command, evaluate_command
 from chatnt_core.plugins import ComponentKind, get_registry
 from chatnt_core.presets import preset_names
+from chatnt_core.training.cli import train_command
 
 app = typer.Typer(
     help="ChatNT: ask English questions about DNA, RNA and protein sequences.",
@@ -29,6 +33,13 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Validate, show and list model configs.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(data_app, name="data")
+app.command("train")(train_command)
+app.command("ask")(ask_command)
+app.command("chat")(chat_command)
+app.command("batch")(batch_command)
+app.command("evaluate")(evaluate_command)
+app.command("calibrate")(calibrate_command)
 
 
 def _console() -> Console:

@@ -69,6 +69,7 @@ class ModelConfig(_Strict):
     name: str = Field("custom", description="a label for the assembly")
     description: str = ""
     num_latents: int = Field(64, ge=1, le=4096, description="K: vectors per sequence tag")
+    seed: int = Field(0, description="seeds every randomly initialised weight of the assembly")
     encoders: dict[Modality, EncoderSlot] = Field(description="encoder per modality")
     decoder: DecoderConfig
     prompt: PromptConfig = Field(default_factory=PromptConfig)  # type: ignore[arg-type]

@@ -97,3 +97,15 @@ def test_params_validation() -> None:
     with pytest.raises(ValidationError, match="extra"):
         CharTransformerParams.model_validate({"layers": 3})
     assert isinstance(CharTransformerEncoder(Modality.RNA), Encoder)
+
+
+def test_conv_kernel_changes_the_model_and_keeps_padding_invariance() -> None:
+    plain = CharTransformerEncoder(Modality.DNA, CharTransformerParams())
+    conv = CharTransformerEncoder(Modality.DNA, CharTransformerParams(conv_kernel=9)).eval()
+    assert conv.conv is not None and plain.conv is None
+    alone = conv.encode(["ACGTTGCA"])
+    batch = conv.encode(["ACGTTGCA", "ACGTTGCAACGTACGTAAAC"])
+    n = int(alone.mask[0].sum())
+    assert torch.allclose(alone.embeddings[0, :n], batch.embeddings[0, :n], atol=1e-5)
+    with pytest.raises(ValueError, match="odd"):
+        CharTransformerParams(conv_kernel=4)

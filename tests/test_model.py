@@ -284,3 +284,19 @@ def test_ignore_eos_runs_to_max_new_tokens(model: ChatNTModel) -> None:
     normal = generate_ids(model, batch, GenerationConfig(max_new_tokens=6))
     assert normal[0] == forced[0][: len(normal[0])]
     assert len(normal[0]) == 6 or forced[0][len(normal[0])] == eos
+
+
+def test_assembly_is_deterministic_and_leaves_the_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    first = ChatNTModel.from_config("tiny-random")
+    assert torch.equal(torch.rand(1), expected_next)
+    second = ChatNTModel.from_config("tiny-random")
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert torch.equal(a, b), name
+    data = tiny_config()
+    data["seed"] = 1
+    other = ChatNTModel.from_config(parse_config(data))
+    latents = [k for k in first.state_dict() if k.endswith("latents")]
+    assert not torch.equal(first.state_dict()[latents[0]], other.state_dict()[latents[0]])

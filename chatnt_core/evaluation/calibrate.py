@@ -1,0 +1,201 @@
+"""Platt calibrators for binary tasks, fitted on training questions, stored with a checkpoint.
+
+Paper, Methods §3: the perplexity-based P(positive) of each question is computed from the
+positive and the negative answer phrasings, then a logistic regression (``C=0.1``,
+lbfgs) fitted on training examples maps it to a better-calibrated probability. Here the
+phrasings are the card's label answers (positive label's vs negative label's), rendered
+with each question's tag; one calibrator per task.
+
+Storage: ``CHECKPOINT/calibration.json``, one file mapping task -> calibrator plus the
+phrasings it was fitted with. It is written atomically (temporary file, fsync, rename)
+and is **outside** the checkpoint's ``manifest.json``: the checkpoint module has no public
+way to extend its manifest, and checkpoint verification only checks the files the
+manifest lists, so adding this file leaves the checkpoint valid. Fitting again merges:
+tasks fitted now replace their entries, the others are kept.
+
+Deviation from the paper, by necessity: the paper scores phrasings it held out of
+training; a card has one answer pool per label, which training also draws from. A card
+that wants held-out phrasings needs test-only answers, which the schema does not have yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from chatnt_core.calibration import PlattCalibrator
+from chatnt_core.data.tasks import TaskCard
+from chatnt_core.errors import ChatNTError
+from chatnt_core.evaluation.data import (
+    binary_phrasings,
+    open_split,
+    positive_probabilities,
+    progress_bar,
+    read_records,
+    task_rows,
+)
+
+if TYPE_CHECKING:
+    from chatnt_core.model import ChatNTModel
+
+CALIBRATION_FILE = "calibration.json"
+FORMAT = "chatnt-calibration/1"
+PAPER_CALIBRATION_SIZE = 10_000  # training examples per task (Methods §3)
+
+
+@dataclass
+class TaskCalibration:
+    """A fitted calibrator and what it was fitted on (to refuse it if the card changed)."""
+
+    calibrator: PlattCalibrator
+    positive_answers: list[str]
+    negative_answers: list[str]
+    n_examples: int
+    n_positive: int
+    formulation: str = "paper"
+    source: str = field(default="checkpoint", compare=False)  # not stored
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "calibrator": self.calibrator.to_dict(),
+            "positive_answers": self.positive_answers,
+            "negative_answers": self.negative_answers,
+            "n_examples": self.n_examples,
+            "n_positive": self.n_positive,
+            "formulation": self.formulation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "checkpoint") -> TaskCalibration:
+        return cls(
+            PlattCalibrator.from_dict(dict(data["calibrator"])),
+            [str(a) for a in data["positive_answers"]],
+            [str(a) for a in data["negative_answers"]],
+            int(data["n_examples"]),
+            int(data["n_positive"]),
+            str(data.get("formulation", "paper")),
+            source,
+        )
+
+    def mismatch(self, card: TaskCard) -> str | None:
+        """Why this calibrator does not apply to ``card`` any more, or None."""
+        if (self.positive_answers, self.negative_answers) != binary_phrasings(card):
+            return "the card's answer phrasings changed since calibration; run calibrate again"
+        return None
+
+
+def fit_task(card: TaskCard, probs: np.ndarray, labels: np.ndarray) -> TaskCalibration:
+    """Fit on P(positive) and 0/1 labels of one task's training examples."""
+    positive, negative = binary_phrasings(card)
+    calibrator = PlattCalibrator(feature="logit", C=0.1).fit(probs, labels, tasks=[card.name])
+    return TaskCalibration(
+        calibrator, positive, negative, int(labels.size), int(labels.sum()), source="fitted"
+    )
+
+
+def fit_calibrators(
+    model: ChatNTModel,
+    data_dir: str | Path,
+    cards: Mapping[str, TaskCard],
+    *,
+    tasks: Sequence[str] | None = None,
+    max_per_task: int = PAPER_CALIBRATION_SIZE,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[dict[str, TaskCalibration], dict[str, str]]:
+    """One calibrator per binary task from the ``train`` split, and the tasks skipped (why).
+
+    A non-binary task is skipped only when asked for by name (otherwise it is simply
+    not a calibration task); a sample holding a single class cannot be fitted.
+    """
+    data_dir = Path(data_dir)
+    dataset = open_split(data_dir, "train")
+    rows, skipped = task_rows(dataset, cards, tasks, max_per_task, seed, f"{data_dir}/train")
+    for name in list(rows):
+        if cards[name].kind != "binary":
+            if tasks:
+                skipped[name] = f"a {cards[name].kind} task (calibration is for binary tasks)"
+            del rows[name]
+    fitted: dict[str, TaskCalibration] = {}
+    with progress_bar(sum(len(r) for r in rows.values()), progress) as tracker:
+        for name, indices in rows.items():
+            card = cards[name]
+            tracker.describe(f"calibrating {name}")
+            records = read_records(dataset, indices)
+            probs = positive_probabilities(model, card, records, batch_size, tracker.advance)
+            positive = next(label.name for label in card.labels or [] if label.positive)
+            labels = np.array([float(r["label"] == positive) for r in records])
+            usable = np.isfinite(probs)
+            probs, labels = probs[usable], labels[usable]
+            if len(np.unique(labels)) < 2:
+                skipped[name] = "the training sample holds a single class; cannot fit"
+                continue
+            fitted[name] = fit_task(card, probs, labels)
+    return fitted, skipped
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_calibration(directory: str | Path) -> dict[str, TaskCalibration]:
+    """The calibrators stored in ``directory/calibration.json``; {} when there is none."""
+    path = Path(directory) / CALIBRATION_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
+        return {
+            str(name): TaskCalibration.from_dict(entry) for name, entry in data["tasks"].items()
+        }
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ChatNTError(
+            f"{path} is not a valid calibration file ({first}): delete it and run "
+            "'chatnt calibrate' again"
+        ) from None
+
+
+def save_calibration(
+    directory: str | Path, entries: Mapping[str, TaskCalibration], data_dir: str | Path
+) -> Path:
+    """Merge ``entries`` into ``directory/calibration.json`` (written atomically)."""
+    directory = Path(directory)
+    path = directory / CALIBRATION_FILE
+    merged = {name: entry.to_dict() for name, entry in load_calibration(directory).items()}
+    merged.update({name: entry.to_dict() for name, entry in entries.items()})
+    payload = {
+        "format": FORMAT,
+        "note": "Platt calibrators per binary task (chatnt calibrate); not in manifest.json",
+        "data": str(data_dir),
+        "tasks": dict(sorted(merged.items())),
+    }
+    _write_atomic(path, json.dumps(payload, indent=2) + "\n")
+    return path

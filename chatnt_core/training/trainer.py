@@ -1,0 +1,371 @@
+"""The shared trainer: any assembly, any instruction data, CPU to many GPUs via Accelerate.
+
+One update (Methods §1.2): draw samples with uniform task sampling until the token (or
+sample) budget is reached, split them over the processes, cut each share into
+micro-batches, accumulate gradients without synchronising until the last micro-batch,
+clip, and take one Adam step. The loss of an update is the mean over *all* its answer
+tokens, whichever process or micro-batch they fell in: each micro-batch contributes
+``sum of its token losses * world_size / answer tokens in the update`` (DDP averages over
+processes), so the gradient equals that of one big batch.
+
+Which parameters train is the model config's business (``trainable`` per component; by
+default the encoder and projection train and the decoder is frozen) plus LoRA adapters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chatnt_core.batching import IGNORE_INDEX, collate
+from chatnt_core.config import ResolvedConfig, load_config, parse_config, resolve_config
+from chatnt_core.errors import ChatNTError
+from chatnt_core.model import ChatNTModel
+from chatnt_core.training import checkpoint as ckpt
+from chatnt_core.training.config import ScheduleConfig, TrainConfig
+from chatnt_core.training.data import ExampleCache, TrainingData, answer_tokens
+from chatnt_core.training.lora import apply_lora
+from chatnt_core.training.metrics import MetricsLogger, ProgressBar
+from chatnt_core.training.sampling import (
+    SamplerState,
+    UniformTaskSampler,
+    padding_fraction,
+    plan_micro_batches,
+)
+
+# Fields that change what a resumed run computes; a change is allowed but breaks exactness.
+_PATH_FIELDS = ("data", "seed", "tokens_per_update", "samples_per_update", "optimizer")
+
+
+def lr_factor(step: int, schedule: ScheduleConfig, max_steps: int | None) -> float:
+    """Multiplier of the peak lr for the update with 0-based index ``step``."""
+    if step < schedule.warmup_steps:
+        return (step + 1) / schedule.warmup_steps
+    if schedule.name == "constant" or max_steps is None:
+        return 1.0
+    span = max(1, max_steps - schedule.warmup_steps)
+    progress = min(1.0, (step - schedule.warmup_steps) / span)
+    floor = schedule.min_lr_ratio
+    if schedule.name == "linear":
+        return floor + (1.0 - floor) * (1.0 - progress)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def resolve_model(source: str | dict[str, Any]) -> ResolvedConfig:
+    config = parse_config(source, "model") if isinstance(source, dict) else load_config(source)
+    return resolve_config(config)
+
+
+def enable_checkpointing(module: torch.nn.Module) -> bool:
+    """Turn on activation checkpointing through the module's own Hugging Face style API."""
+    for name in ("activation_checkpointing_enable", "gradient_checkpointing_enable"):
+        enable = getattr(module, name, None)
+        if callable(enable):
+            enable()
+            return True
+    return False
+
+
+def build_model(config: TrainConfig, resolved: ResolvedConfig) -> ChatNTModel:
+    """The model as it trains: assembled, LoRA applied, gradient checkpointing enabled."""
+    model = ChatNTModel.from_config(resolved)
+    if config.lora is not None:
+        apply_lora(model.decoder, config.lora)
+    if config.gradient_checkpointing:
+        # The frozen decoder still back-propagates to the projection, so its activations
+        # dominate memory; encoders are checkpointed when their plugin supports it.
+        enable_checkpointing(getattr(model.decoder, "model", model.decoder))
+        for encoder in model.encoders.values():
+            enable_checkpointing(encoder)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ChatNTError(
+            "nothing to train: every component is frozen; set trainable: true on an encoder "
+            "or projection, or add a lora block"
+        )
+    return model
+
+
+def set_train_mode(model: ChatNTModel, gradient_checkpointing: bool) -> None:
+    """Train mode for parts that learn; frozen parts stay in eval mode (no dropout), except a
+    checkpointed decoder, which Hugging Face only checkpoints in train mode."""
+    model.train()
+    parts = [*model.encoders.values(), *model.projections.values(), model.decoder]
+    for part in parts:
+        frozen = not any(p.requires_grad for p in part.parameters())
+        if frozen and not (gradient_checkpointing and part is model.decoder):
+            part.eval()
+
+
+@dataclass
+class TrainResult:
+    step: int
+    loss: float | None  # the last logged loss
+    output_dir: Path
+    checkpoint: Path | None
+
+
+class Trainer:
+    """``Trainer(config, resume=DIR).train()``; every process of a launch runs the same."""
+
+    def __init__(self, config: TrainConfig, resume: str | Path | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        bf16 = config.precision == "bf16" and torch.cuda.is_available()
+        self.accelerator = Accelerator(
+            cpu=multi and not torch.cuda.is_available(),
+            mixed_precision="bf16" if bf16 else "no",
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        if config.precision == "bf16" and not bf16:
+            self.accelerator.print("precision bf16 needs a GPU; training in fp32 on CPU")
+        self.checkpoint = ckpt.Checkpoint.open(resume) if resume is not None else None
+        if self.checkpoint is None and ckpt.list_checkpoints(self.output_dir):
+            raise ChatNTError(
+                f"{self.output_dir} already holds checkpoints: pass --resume "
+                f"{self.output_dir} to continue, or choose another output_dir"
+            )
+        set_seed(config.seed)
+        self.resolved = resolve_model(config.model)
+        self.model = build_model(config, self.resolved)
+        self.data = TrainingData.load(config.data)
+        self.sampler = UniformTaskSampler(self.data.index, config.seed)
+        self.cache = ExampleCache(self.data, self.model)
+        self.step = 0
+        self.samples_seen = 0
+        self.tokens_seen = 0
+        self.interval: dict[str, float] = {"loss_sum": 0.0, "answer_tokens": 0.0, "steps": 0.0}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = config.optimizer
+        optimizer_class = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+        optimizer = optimizer_class(
+            params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+        if self.checkpoint is not None:
+            self._check_resume_config()
+            ckpt.load_weights(self.model, self.checkpoint.weights(), self.checkpoint.directory)
+        self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        if self.checkpoint is not None:
+            self._restore_state(self.checkpoint)
+
+    # ---- resume ---------------------------------------------------------------------------
+
+    def _check_resume_config(self) -> None:
+        assert self.checkpoint is not None
+        saved = self.checkpoint.config
+        if saved.get("model") != self.resolved.to_dict():
+            raise ChatNTError(
+                f"{self.checkpoint.directory} was trained with another model config: resume "
+                "with the training config it was saved with (see its config.yaml)"
+            )
+        current = self.config.to_dict()
+        changed = [k for k in _PATH_FIELDS if saved.get("train", {}).get(k) != current[k]]
+        if changed:
+            warnings.warn(
+                f"resuming with changed {', '.join(changed)}: training continues, but not "
+                "exactly as the original run would have",
+                stacklevel=2,
+            )
+
+    def _restore_state(self, checkpoint: ckpt.Checkpoint) -> None:
+        state = checkpoint.trainer_state
+        rank = self.accelerator.process_index
+        saved_world = int(state.get("world_size", 1))
+        sharded = (checkpoint.directory / "optimizer-rank0.json").is_file()
+        if sharded and saved_world != self.accelerator.num_processes:
+            raise ChatNTError(
+                f"{checkpoint.directory} holds optimizer state sharded over {saved_world} "
+                f"processes: resume with {saved_world} processes"
+            )
+        optimizer_state = checkpoint.optimizer_state(rank)
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        self.step = int(state["step"])
+        self.samples_seen = int(state["samples_seen"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.interval = {k: float(v) for k, v in state["interval"].items()}
+        self.sampler.load_state(SamplerState.from_json(state["sampler"]))
+        if saved_world != self.accelerator.num_processes:
+            self.accelerator.print("resuming on a different number of processes: not exact")
+        if not checkpoint.restore_rng(rank):
+            self.accelerator.print(f"checkpoint has no RNG state for rank {rank}; reseeding")
+
+    # ---- one update ---------------------------------------------------------------------
+
+    def _update(self) -> dict[str, Any]:
+        acc = self.accelerator
+        self.cache.clear()
+        draws = self.sampler.draw_update(
+            self.step,
+            self.cache.num_tokens,
+            self.config.tokens_per_update,
+            self.config.samples_per_update,
+            min_samples=acc.num_processes,
+        )
+        lengths = [d.num_tokens for d in draws]
+        total_answer = sum(answer_tokens(self.cache.get(d.row)) for d in draws)
+        batches = plan_micro_batches(
+            lengths,
+            self.config.micro_batch_size,
+            self.config.bucket_by_length,
+            acc.process_index,
+            acc.num_processes,
+        )
+        # Set before the backward passes: under DeepSpeed the engine steps inside the last one.
+        lr = self.config.optimizer.lr * lr_factor(
+            self.step, self.config.schedule, self.config.max_steps
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
+        for i, positions in enumerate(batches):
+            examples = [self.cache.get(draws[p].row) for p in positions]
+            batch = collate(examples, self.model.decoder.pad_token_id).to(acc.device)
+            last = i == len(batches) - 1
+            # The number of micro-batches varies per update (token budget), so the
+            # accumulation boundary is marked by hand rather than with a fixed step count:
+            # DeepSpeed reads this flag, DDP skips its all-reduce under no_sync.
+            acc.gradient_state._set_sync_gradients(last)
+            with contextlib.nullcontext() if last else acc.no_sync(self.wrapped):
+                out = self.wrapped(batch)
+                if out.loss is None:  # cannot happen for validated data; keep DDP in step
+                    scaled = out.logits.sum() * 0.0
+                else:
+                    count = int((batch.labels[:, 1:] != IGNORE_INDEX).sum())
+                    token_sum = out.loss * count
+                    loss_sum += token_sum.detach().double()
+                    scaled = token_sum * (acc.num_processes / total_answer)
+                acc.backward(scaled)
+        grad_norm = float("nan")
+        if self.config.max_grad_norm is not None:
+            params = [p for p in self.wrapped.parameters() if p.requires_grad]
+            norm = acc.clip_grad_norm_(params, self.config.max_grad_norm)
+            grad_norm = float(norm) if norm is not None else grad_norm
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = float(acc.reduce(loss_sum, reduction="sum")) / total_answer
+        return {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "samples": len(draws),
+            "tokens": sum(lengths),
+            "answer_tokens": total_answer,
+            "padding_fraction": padding_fraction(lengths, batches),
+        }
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def _done(self) -> bool:
+        if self.config.max_steps is not None:
+            return self.step >= self.config.max_steps
+        assert self.config.epochs is not None
+        return self.samples_seen >= self.config.epochs * len(self.data)
+
+    def _progress(self) -> tuple[int, int, str]:
+        if self.config.max_steps is not None:
+            return self.config.max_steps, self.step, "updates"
+        assert self.config.epochs is not None
+        return math.ceil(self.config.epochs * len(self.data)), self.samples_seen, "samples"
+
+    def save(self) -> Path:
+        acc = self.accelerator
+        config = {
+            "format": ckpt.FORMAT,
+            "step": self.step,
+            "model": self.resolved.to_dict(),
+            "plugins": self.resolved.plugin_versions(),
+            "train": self.config.to_dict(),
+        }
+        sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
+        full = acc.get_state_dict(self.wrapped) if sharded else None
+        payload = ckpt.CheckpointPayload(
+            config=config,
+            weights=ckpt.trainable_state_dict(self.model, full) if acc.is_main_process else {},
+            trainer_state={
+                "samples_seen": self.samples_seen,
+                "tokens_seen": self.tokens_seen,
+                "interval": self.interval,
+                "sampler": self.sampler.state.to_json(),
+                "lr_factor": lr_factor(self.step, self.config.schedule, self.config.max_steps),
+            },
+            optimizer_state=self.optimizer.state_dict(),
+            optimizer_sharded=sharded,
+            tokenizer=ckpt.modified_tokenizer(self.model.decoder),
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+            barrier=acc.wait_for_everyone,
+        )
+        path = ckpt.save_checkpoint(self.output_dir, self.step, payload)
+        if acc.is_main_process:
+            ckpt.rotate_checkpoints(self.output_dir, self.config.keep_last)
+        acc.wait_for_everyone()
+        return path
+
+    def train(self) -> TrainResult:
+        acc = self.accelerator
+        main = acc.is_main_process
+        resume_step = self.step if self.checkpoint is not None else None
+        logger = (
+            MetricsLogger(self.output_dir, resume_step, self.config.tensorboard) if main else None
+        )
+        set_train_mode(self.model, self.config.gradient_checkpointing)
+        total, completed, unit = self._progress()
+        last_loss: float | None = None
+        saved: Path | None = None
+        started = time.perf_counter()
+        window = {"time": started, "samples": 0, "tokens": 0}
+        with ProgressBar(main and self.config.progress, total, completed, unit) as bar:
+            while not self._done():
+                metrics = self._update()
+                self.step += 1
+                self.samples_seen += metrics["samples"]
+                self.tokens_seen += metrics["tokens"]
+                self.interval["loss_sum"] += metrics["loss"] * metrics["answer_tokens"]
+                self.interval["answer_tokens"] += metrics["answer_tokens"]
+                self.interval["steps"] += 1
+                window["samples"] += metrics["samples"]
+                window["tokens"] += metrics["tokens"]
+                saved = None
+                if self.step % self.config.log_every == 0 or self._done():
+                    now = time.perf_counter()
+                    elapsed = max(now - window["time"], 1e-9)
+                    last_loss = self.interval["loss_sum"] / self.interval["answer_tokens"]
+                    row = {
+                        **metrics,
+                        "step": self.step,
+                        "loss": last_loss,
+                        "samples_per_s": window["samples"] / elapsed,
+                        "tokens_per_s": window["tokens"] / elapsed,
+                        "elapsed_s": now - started,
+                    }
+                    if logger is not None:
+                        logger.log(row)
+                    bar.update(self._progress()[1], last_loss, row["tokens_per_s"])
+                    self.interval = {"loss_sum": 0.0, "answer_tokens": 0.0, "steps": 0.0}
+                    window = {"time": now, "samples": 0, "tokens": 0}
+                else:
+                    bar.update(self._progress()[1], None, None)
+                if self.step % self.config.save_every == 0 or self._done():
+                    saved = self.save()
+        if logger is not None:
+            logger.close()
+        acc.wait_for_everyone()
+        return TrainResult(
+            self.step, last_loss, self.output_dir, saved or ckpt.read_latest(self.output_dir)
+        )
+
+    @property
+    def unwrapped_model(self) -> ChatNTModel:
+        return self.model
