@@ -79,6 +79,19 @@ class ChatNTModel(nn.Module):
         parts = build_components(resolved, registry)
         return cls(resolved, parts.encoders, parts.projections, parts.decoder)
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> ChatNTModel:
+        """Load a training checkpoint (a ``checkpoint-NNNNNN`` dir or a run dir with ``latest``).
+
+        Hashes are checked, no pickle is read; frozen pretrained parts are rebuilt from the
+        config they are referenced in.
+        """
+        from chatnt_core.training.checkpoint import load_model_from_checkpoint
+
+        model = load_model_from_checkpoint(path)
+        assert isinstance(model, cls)
+        return model
+
     # ---- helpers -------------------------------------------------------------------------
 
     @property

@@ -326,12 +326,8 @@ def load_model_from_checkpoint(path: str | Path) -> Any:
                 "installed; weights may not match",
                 stacklevel=2,
             )
-    train = checkpoint.config.get("train", {})
-    # Seeded as the trainer was, so frozen parts without a seed of their own come out the same.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(train.get("seed", 0)))
-        model = ChatNTModel.from_config(resolved)
-    lora = train.get("lora")
+    model = ChatNTModel.from_config(resolved)  # frozen random parts: the config's seed
+    lora = checkpoint.config.get("train", {}).get("lora")
     if lora:
         apply_lora(model.decoder, LoraSettings.model_validate(lora))
     load_weights(model, checkpoint.weights(), checkpoint.directory)

@@ -90,7 +90,11 @@ class TrainConfig(_Strict):
     epochs: float | None = Field(
         None, gt=0, description="stop after this many times the dataset size in samples"
     )
-    seed: int = Field(0, ge=0, description="seeds sampling, weights init order and dropout")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="seeds task sampling, dropout and LoRA init (model weights: model seed)",
+    )
     log_every: int = Field(10, ge=1, description="updates between metric rows")
     save_every: int = Field(500, ge=1, description="updates between checkpoints")
     keep_last: int = Field(3, ge=1, description="checkpoints kept on disk")
