@@ -5,7 +5,9 @@ but it must not invent a class or a number either. The rules:
 
 * **binary** (MCC, F1): an unparseable answer is scored as the label that is *not* the
   true one, i.e. always wrong: a positive example becomes a false negative, a negative
-  one a false positive. This keeps the standard 2x2 MCC/F1 and is the worst case.
+  one a false positive. This keeps the standard 2x2 MCC/F1 and is the worst case: a
+  task whose answers are all unparseable scores MCC -1 (the report shows the
+  unparseable percentage next to it).
 * **multi-label** (MCC, macro F1): an unparseable answer is its own predicted class,
   ``UNPARSEABLE``, which no example has as truth. It is a miss for the true class (a
   false negative in its F1, off the diagonal for MCC) and a false positive for no class;

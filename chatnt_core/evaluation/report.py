@@ -23,7 +23,7 @@ FORMAT = "chatnt-evaluation/1"
 UNPARSEABLE_POLICY = {
     "binary": "an unparseable answer is scored as the label that is not the true one "
     "(always wrong: a false negative for a positive example, a false positive for a "
-    "negative one) in MCC and F1",
+    "negative one) in MCC and F1, so a task whose answers are all unparseable scores MCC -1",
     "multi_label": "an unparseable answer is its own predicted class that is never true: "
     "a miss for the true class in MCC and macro F1, a false positive for no class",
     "regression": "unparseable answers are left out of Pearson's r and reported "
