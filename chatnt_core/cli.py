@@ -148,6 +148,26 @@ def generate(
     typer.echo(f"[assembled in {built - started:.1f}s, answered in {done - built:.2f}s]", err=True)
 
 
+@app.command()
+def quickstart(
+    out: Annotated[Path, typer.Option(help="where data, checkpoint and report go")] = Path(
+        "runs/quickstart"
+    ),
+    steps: Annotated[int, typer.Option(min=1, help="training updates")] = 1500,
+    train_size: Annotated[int, typer.Option(min=10, help="demo training examples per task")] = 2000,
+    test_size: Annotated[int, typer.Option(min=10, help="demo test examples per task")] = 200,
+    eval_per_task: Annotated[int, typer.Option(min=10, help="examples scored per task")] = 200,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Demo data -> train from scratch -> calibrate -> evaluate -> example chats (offline, CPU)."""
+    from chatnt_core.quickstart import QuickstartSettings, run_quickstart
+
+    settings = QuickstartSettings(out, steps, train_size, test_size, eval_per_task, seed)
+    if (out / "run").exists():
+        raise ChatNTError(f"{out}/run already exists: pass another --out or remove it")
+    run_quickstart(settings)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="chatnt")
