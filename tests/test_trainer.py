@@ -256,3 +256,21 @@ def test_training_md_documents_every_config_field() -> None:
     assert not missing, f"docs/training.md does not mention {missing}"
     for name in TrainConfig.model_fields:
         assert f"| `{name}`" in doc or f"`{name}` /" in doc or f"/ `{name}`" in doc, name
+
+
+def test_lr_scale_sets_a_learning_rate_per_part(data: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(
+        data,
+        tmp_path / "out",
+        model=tiny_model(decoder_trainable=True),
+        optimizer={"lr": 1e-3},
+        lr_scale={"encoders": 0.1, "decoder": 0.5},
+        max_steps=2,
+        save_every=100,
+    )
+    trainer.train()
+    groups = {round(g["lr_scale"], 3): g["lr"] for g in trainer.optimizer.param_groups}
+    assert groups == pytest.approx({0.1: 1e-4, 1.0: 1e-3, 0.5: 5e-4})
+    encoder_params = {id(p) for p in trainer.model.encoders.parameters()}
+    slow = next(g for g in trainer.optimizer.param_groups if g["lr_scale"] == 0.1)
+    assert {id(p) for p in slow["params"]} == encoder_params

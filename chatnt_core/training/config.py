@@ -78,6 +78,10 @@ class TrainConfig(_Strict):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)  # type: ignore[arg-type]
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)  # type: ignore[arg-type]
     max_grad_norm: float | None = Field(1.0, gt=0, description="clip the global grad norm")
+    lr_scale: dict[Literal["encoders", "projections", "decoder"], float] = Field(
+        default_factory=dict,
+        description="per-part multiplier of the learning rate, e.g. {encoders: 0.1}",
+    )
     tokens_per_update: int | None = Field(
         None,
         ge=1,

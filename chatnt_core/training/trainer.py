@@ -19,6 +19,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,18 @@ def set_train_mode(model: ChatNTModel, gradient_checkpointing: bool) -> None:
             part.eval()
 
 
+def _param_groups(model: ChatNTModel, lr_scale: Mapping[Any, float]) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by part (encoders, projections, decoder), each with the
+    part's learning-rate multiplier; empty groups are left out."""
+    groups = []
+    for part in ("encoders", "projections", "decoder"):
+        module = getattr(model, part)
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr_scale": float(lr_scale.get(part, 1.0))})
+    return groups
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -146,11 +159,14 @@ class Trainer:
         self.samples_seen = 0
         self.tokens_seen = 0
         self.interval: dict[str, float] = {"loss_sum": 0.0, "answer_tokens": 0.0, "steps": 0.0}
-        params = [p for p in self.model.parameters() if p.requires_grad]
         opt = config.optimizer
         optimizer_class = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
         optimizer = optimizer_class(
-            params, lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+            _param_groups(self.model, config.lr_scale),
+            lr=opt.lr,
+            betas=opt.betas,
+            eps=opt.eps,
+            weight_decay=opt.weight_decay,
         )
         if self.checkpoint is not None:
             self._check_resume_config()
@@ -227,7 +243,7 @@ class Trainer:
             self.step, self.config.schedule, self.config.max_steps
         )
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss_sum = torch.zeros((), dtype=torch.float64, device=acc.device)
         for i, positions in enumerate(batches):
             examples = [self.cache.get(draws[p].row) for p in positions]
