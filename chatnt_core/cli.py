@@ -109,19 +109,6 @@ def config_list() -> None:
         typer.echo(name)
 
 
-def _read_sequence_arg(value: str) -> tuple[str, str]:
-    name, sep, payload = value.partition("=")
-    if not sep or not name or not payload:
-        raise ChatNTError(f"--seq '{value}' is not NAME=SEQUENCE or NAME=FILE")
-    path = Path(payload)
-    if path.is_file():
-        lines = path.read_text(encoding="utf-8").splitlines()
-        if sum(line.startswith(">") for line in lines) > 1:
-            raise ChatNTError(f"{path} holds several FASTA records; --seq takes one per name")
-        payload = "".join(line.strip() for line in lines if not line.startswith(">"))
-    return name.lstrip("@"), payload
-
-
 @app.command()
 def generate(
     source: Annotated[str, typer.Argument(help="a YAML config or preset name")],
@@ -134,9 +121,12 @@ def generate(
     seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Assemble a model from a config and answer one question (weights as the config says)."""
+    from chatnt_core.cli_ask import parse_seq_option
+    from chatnt_core.modality import Modality
     from chatnt_core.model import ChatNTModel
 
-    sequences = dict(_read_sequence_arg(item) for item in seq or [])
+    records = [parse_seq_option(item, Modality.DNA) for item in seq or []]
+    sequences = {record.name: record for record in records}
     started = time.perf_counter()
     model = ChatNTModel.from_config(source).eval()
     built = time.perf_counter()

@@ -26,6 +26,8 @@ from rich.table import Table
 # Targets of the quickstart (issue): binary motif tasks, regression tasks, parse rate.
 TARGETS = {"binary": ("mcc", 0.6), "regression": ("pearson", 0.7)}
 PARSEABLE_TARGET = 95.0
+# The byte tokenizer spends one token per character: the longest demo answer needs ~50.
+MAX_NEW_TOKENS = 64
 FROM_SCRATCH_NOTE = (
     "No pretrained weights are available offline, so the encoder, the projection and the "
     "decoder are all trained from scratch here (the paper starts from pretrained NT-v2 and "
@@ -104,7 +106,7 @@ def _conversations(checkpoint: Path, data_dir: Path, console: Console) -> None:
         row = first[task]
         sequences = {s["name"]: s["sequence"] for s in row["sequences"]}
         question = row["turns"][0]["user"]
-        answer = bot.ask(question, sequences)
+        answer = bot.ask(question, sequences, max_new_tokens=MAX_NEW_TOKENS)
         console.print(f"[bold]user[/bold]      {question}")
         extra = "" if answer.probability is None else f"  (P(yes) = {answer.probability:.2f})"
         console.print(f"[bold]assistant[/bold] {answer.text}{extra}")
@@ -112,7 +114,7 @@ def _conversations(checkpoint: Path, data_dir: Path, console: Console) -> None:
     if "demo-gc-content" in first and "demo-motif-count" in first:
         gc, count = first["demo-gc-content"], first["demo-motif-count"]
         sequences = {s["name"]: s["sequence"] for s in gc["sequences"]}
-        chat = bot.chat()
+        chat = bot.chat(max_new_tokens=MAX_NEW_TOKENS)
         for question in (gc["turns"][0]["user"], count["turns"][0]["user"]):
             answer = chat.ask(question, sequences if not chat.turns else None)
             console.print(f"[bold]user[/bold]      {question}")
@@ -167,6 +169,7 @@ def run_quickstart(settings: QuickstartSettings, console: Console | None = None)
         data_dir,
         settings.out / "evaluation",
         max_per_task=settings.eval_per_task,
+        max_new_tokens=MAX_NEW_TOKENS,
         calibrations=load_calibration(checkpoint),
         cards=cards,
         seed=settings.seed,
