@@ -6,9 +6,10 @@ with held-out question phrasings, calibrates the yes/no probabilities, prints th
 against the targets and three example conversations, and leaves a checkpoint that
 ``chatnt ask``, ``chat`` and ``batch`` use.
 
-No pretrained weights can be downloaded here, so every component - encoder, projection
-and decoder - starts from random weights and is trained from scratch. That is unlike the
-paper (pretrained NT-v2 and Vicuna, decoder frozen), and the run says so.
+No pretrained weights can be downloaded here, so every component starts from random
+weights; the projection and decoder are trained from scratch and the encoder keeps its
+random features. That is unlike the paper (pretrained NT-v2 and Vicuna, decoder frozen),
+and the run says so.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ PARSEABLE_TARGET = 95.0
 # The byte tokenizer spends one token per character: the longest demo answer needs ~50.
 MAX_NEW_TOKENS = 64
 FROM_SCRATCH_NOTE = (
-    "No pretrained weights are available offline, so the encoder, the projection and the "
-    "decoder are all trained from scratch here (the paper starts from pretrained NT-v2 and "
-    "Vicuna-7B and keeps the decoder frozen)."
+    "No pretrained weights are available offline, so every component starts from random "
+    "weights: the projection and the decoder are trained from scratch and the encoder keeps "
+    "its random convolution features (see registry/training/quickstart.yaml for why). The "
+    "paper starts from pretrained NT-v2 and Vicuna-7B and keeps the decoder frozen."
 )
 
 
