@@ -21,7 +21,6 @@ that wants held-out phrasings needs test-only answers, which the schema does not
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from chatnt_core.evaluation.data import (
     read_records,
     task_rows,
 )
+from chatnt_core.training.state_io import write_text_atomic
 
 if TYPE_CHECKING:
     from chatnt_core.model import ChatNTModel
@@ -141,28 +141,6 @@ def fit_calibrators(
     return fitted, skipped
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def load_calibration(directory: str | Path) -> dict[str, TaskCalibration]:
     """The calibrators stored in ``directory/calibration.json``; {} when there is none."""
     path = Path(directory) / CALIBRATION_FILE
@@ -197,5 +175,5 @@ def save_calibration(
         "data": str(data_dir),
         "tasks": dict(sorted(merged.items())),
     }
-    _write_atomic(path, json.dumps(payload, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
     return path

@@ -162,10 +162,7 @@ def save_checkpoint(output_dir: Path, step: int, payload: CheckpointPayload) -> 
             _remove_tree(final)
         os.replace(tmp, final)
         state_io.fsync_path(output_dir)
-        pointer = output_dir / f".{LATEST}.tmp"
-        state_io.write_text(pointer, name + "\n")
-        os.replace(pointer, output_dir / LATEST)
-        state_io.fsync_path(output_dir)
+        state_io.write_text_atomic(output_dir / LATEST, name + "\n")
     payload.barrier()
     return final
 
