@@ -143,7 +143,7 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="where data, checkpoint and report go")] = Path(
         "runs/quickstart"
     ),
-    steps: Annotated[int, typer.Option(min=1, help="training updates")] = 1500,
+    steps: Annotated[int, typer.Option(min=1, help="training updates")] = 3000,
     train_size: Annotated[int, typer.Option(min=10, help="demo training examples per task")] = 2000,
     test_size: Annotated[int, typer.Option(min=10, help="demo test examples per task")] = 200,
     eval_per_task: Annotated[int, typer.Option(min=10, help="examples scored per task")] = 200,
