@@ -274,7 +274,6 @@ def test_cli_calibrate_then_evaluate(
     assert "| demo-gc-content | pearson |" in capsys.readouterr().out
 
 
-@pytest.mark.slow
 def test_cli_on_a_trained_checkpoint(tmp_path: Path, demo: Path) -> None:
     """The real path: train one step, calibrate and evaluate the checkpoint it wrote."""
     from chatnt_core.training.config import TrainConfig
