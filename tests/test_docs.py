@@ -284,3 +284,34 @@ def test_docs_exist_and_are_linked_from_readme() -> None:
     for name in ("architecture.md", "config.md", "plugins.md"):
         assert (DOCS / name).is_file()
         assert f"(docs/{name})" in readme
+
+
+def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both README examples run: the preset one as is, the checkpoint one on a tiny checkpoint."""
+    import re
+
+    from chatnt_core.cli import main
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) == 2
+    out = tmp_path / "runs" / "quickstart"
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "quickstart",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--train-size",
+                "10",
+                "--test-size",
+                "10",
+                "--eval-per-task",
+                "10",
+            ]
+        )
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
