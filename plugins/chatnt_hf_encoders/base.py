@@ -70,6 +70,21 @@ class HFEncoderCommonParams(BaseModel):
     )
 
 
+def check_weight_source(
+    random_init: bool, preset: str | None, path: str | None, example: str, weights: str
+) -> None:
+    """Exactly one source of weights: a checkpoint ``path`` or a preset built at random."""
+    random = random_init or preset == "tiny"
+    if random and path is not None:
+        raise ValueError(
+            "random_init (and preset tiny) builds random weights without files: drop 'path'"
+        )
+    if random and preset is None:
+        raise ValueError(f"random_init needs a preset naming the architecture, e.g. {example}")
+    if path is None and preset is None:
+        raise ValueError(f"give a preset ({example} or tiny) or a path to {weights} weights")
+
+
 def split_evenly(ids: Sequence[int], window: int) -> list[list[int]]:
     """The fewest pieces of at most ``window`` ids, lengths differing by at most one."""
     count = max(1, -(-len(ids) // window))

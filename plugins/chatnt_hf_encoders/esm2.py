@@ -30,7 +30,12 @@ from transformers import (
 from chatnt_core.errors import ConfigError
 from chatnt_core.modality import Modality
 from chatnt_core.plugins import BuildContext
-from chatnt_hf_encoders.base import HFEncoderCommonParams, PerLetterEncoder, check_modality
+from chatnt_hf_encoders.base import (
+    HFEncoderCommonParams,
+    PerLetterEncoder,
+    check_modality,
+    check_weight_source,
+)
 from chatnt_hf_encoders.loading import (
     DTYPES,
     LOAD_FIX,
@@ -85,15 +90,7 @@ class Esm2Params(HFEncoderCommonParams):
 
     @model_validator(mode="after")
     def _one_source(self) -> Esm2Params:
-        random = self.random_init or self.preset == "tiny"
-        if random and self.path is not None:
-            raise ValueError(
-                "random_init (and preset tiny) builds random weights without files: drop 'path'"
-            )
-        if random and self.preset is None:
-            raise ValueError("random_init needs a preset naming the architecture, e.g. 8m")
-        if self.path is None and self.preset is None:
-            raise ValueError("give a preset (e.g. 8m or tiny) or a path to ESM-2 weights")
+        check_weight_source(self.random_init, self.preset, self.path, "8m", "ESM-2")
         return self
 
 
