@@ -39,6 +39,17 @@ class EncoderTokens:
     input_ids: torch.Tensor  # (B, N) long
     mask: torch.Tensor  # (B, N) bool, True at real tokens
 
+    @classmethod
+    def right_padded(cls, rows: Sequence[Sequence[int]], pad_id: int) -> EncoderTokens:
+        """Id rows -> (B, N) ids right-padded with ``pad_id`` and the (B, N) real-token mask."""
+        width = max((len(row) for row in rows), default=1) or 1
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, N)
+        mask = torch.zeros((len(rows), width), dtype=torch.bool)  # (B, N)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, : len(row)] = True
+        return cls(input_ids=input_ids, mask=mask)
+
 
 @dataclass
 class EncoderOutput:

@@ -7,9 +7,9 @@ against the targets and three example conversations, and leaves a checkpoint tha
 ``chatnt ask``, ``chat`` and ``batch`` use.
 
 No pretrained weights can be downloaded here, so every component starts from random
-weights; the projection and decoder are trained from scratch and the encoder keeps its
-random features. That is unlike the paper (pretrained NT-v2 and Vicuna, decoder frozen),
-and the run says so.
+weights and all three (a motif-scanning CNN encoder, the projection and a small Llama
+decoder) are trained together from scratch. That is unlike the paper (pretrained NT-v2
+and Vicuna, decoder frozen), and the run says so.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ PARSEABLE_TARGET = 95.0
 MAX_NEW_TOKENS = 64
 FROM_SCRATCH_NOTE = (
     "No pretrained weights are available offline, so every component starts from random "
-    "weights: the projection and the decoder are trained from scratch and the encoder keeps "
-    "its random convolution features (see registry/training/quickstart.yaml for why). The "
-    "paper starts from pretrained NT-v2 and Vicuna-7B and keeps the decoder frozen."
+    "weights and the encoder (a small motif-scanning CNN), the projection and the decoder "
+    "(a 2-layer Llama) are all trained from scratch (see registry/training/quickstart.yaml). "
+    "The paper starts from pretrained NT-v2 and Vicuna-7B and keeps the decoder frozen."
 )
 
 

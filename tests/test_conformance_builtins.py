@@ -84,6 +84,11 @@ CONFORMANCE_TABLE: dict[str, tuple[Row, ...]] = {
         Row({}, BuildContext(modality=DNA)),
         Row({"hidden_size": 16, "num_heads": 2}, BuildContext(modality=PROTEIN)),
     ),
+    "motif-cnn": (
+        Row({}, BuildContext(modality=DNA)),
+        Row({"both_strands": True, "kernel_size": 7}, BuildContext(modality=DNA)),
+        Row({"hidden_size": 8, "kernel_size": 5}, BuildContext(modality=PROTEIN)),
+    ),
     "nucleotide-transformer-v2": (Row({"preset": "tiny"}, BuildContext(modality=DNA)),),
     "esm2": (Row({"preset": "tiny"}, BuildContext(modality=PROTEIN)),),
     "rna-fm": (Row({"preset": "tiny"}, BuildContext(modality=RNA)),),
@@ -94,7 +99,7 @@ CONFORMANCE_TABLE: dict[str, tuple[Row, ...]] = {
         Row({**SMALL_PERCEIVER, "question_embeddings": "decoder"}, PROJECTION_CONTEXT),
     ),
     "perceiver-resampler": (Row(SMALL_PERCEIVER, PROJECTION_CONTEXT),),
-    "mlp": (Row({}, PROJECTION_CONTEXT),),
+    "mlp": (Row({}, PROJECTION_CONTEXT), Row({"pooling": "max"}, PROJECTION_CONTEXT)),
     # decoders
     "hf-causal-lm": (Row(tiny_decoder_params(), BuildContext()),),
 }

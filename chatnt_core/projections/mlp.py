@@ -11,15 +11,22 @@ and (2) the decoder sees the MLP's outputs directly. Averaging *after* the MLP w
 the spread of the vectors by an amount that depends on chunk size, i.e. on sequence
 length, so the decoder's inputs would change scale from one sequence to the next. (Linear
 maps commute with averaging; only the GELU makes the order matter.)
+
+``pooling: max`` takes each chunk's element-wise maximum instead of its mean: for motif
+detectors (ReLU match scores, e.g. the ``motif-cnn`` encoder) "is there a match in this
+chunk" is the maximum, and a mean dilutes one 19-letter match among the chunk's letters.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from chatnt_core.interfaces import Projection
+from chatnt_core.normalization import MaskedBatchNorm
 from chatnt_core.plugins import BuildContext
 from chatnt_core.projections.attention import check_sequence_input, require_dims
 
@@ -43,22 +50,46 @@ def chunk_mean_weights(mask: torch.Tensor, num_chunks: int) -> torch.Tensor:
     return inside.float() / counts[..., None].float()  # (B, K, N)
 
 
+Pooling = Literal["mean", "max"]
+
+
+def chunk_max(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) and (B, K, N) chunk weights -> (B, K, D) maxima over each chunk's tokens.
+
+    One chunk at a time, so memory stays at one (B, N, D) mask rather than (B, K, N, D).
+    """
+    lowest = torch.finfo(embeddings.dtype).min
+    chunks = [
+        embeddings.masked_fill(weights[:, k, :, None] == 0, lowest).amax(dim=1)  # (B, D)
+        for k in range(weights.shape[1])
+    ]
+    return torch.stack(chunks, dim=1)  # (B, K, D)
+
+
 class MLPProjection(Projection):
-    """Pool the real tokens into K chunk means, then ``Linear -> GELU -> Linear`` each."""
+    """Pool the real tokens into K chunks (mean or max), then ``Linear -> GELU -> Linear``."""
 
     uses_question = False
 
     def __init__(
-        self, input_dim: int, output_dim: int, num_latents: int, hidden_dim: int | None = None
+        self,
+        input_dim: int,
+        output_dim: int,
+        num_latents: int,
+        hidden_dim: int | None = None,
+        pooling: Pooling = "mean",
+        normalize_output: bool = False,
     ) -> None:
         super().__init__()
         self.input_dim = input_dim
         self.output_dim = output_dim
         self.num_latents = num_latents
+        self.pooling = pooling
         hidden = hidden_dim or output_dim
         self.fc1 = nn.Linear(input_dim, hidden, bias=True)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, output_dim, bias=True)
+        self.output_norm = MaskedBatchNorm(output_dim) if normalize_output else None
 
     def forward(
         self,
@@ -70,8 +101,14 @@ class MLPProjection(Projection):
         """(B, N, D_enc) + mask -> (B, K, D); a question, if given, is ignored."""
         seq_embeddings, mask = check_sequence_input(seq_embeddings, seq_mask, self.input_dim)
         weights = chunk_mean_weights(mask, self.num_latents).to(seq_embeddings.dtype)
-        pooled = torch.bmm(weights, seq_embeddings)  # (B, K, D_enc)
-        return self.fc2(self.act(self.fc1(pooled)))  # (B, K, D)
+        if self.pooling == "max":
+            pooled = chunk_max(seq_embeddings, weights)  # (B, K, D_enc)
+        else:
+            pooled = torch.bmm(weights, seq_embeddings)  # (B, K, D_enc)
+        out: torch.Tensor = self.fc2(self.act(self.fc1(pooled)))  # (B, K, D)
+        if self.output_norm is not None:
+            out = self.output_norm(out)
+        return out
 
 
 class MLPParams(BaseModel):
@@ -84,9 +121,27 @@ class MLPParams(BaseModel):
         ge=1,
         description="Hidden width of the two-layer MLP; default the decoder width.",
     )
+    pooling: Pooling = Field(
+        default="mean",
+        description="How each of the K chunks of tokens is pooled: mean, or element-wise "
+        "max (for motif detectors such as motif-cnn).",
+    )
+    normalize_output: bool = Field(
+        default=False,
+        description="Batch-normalise each output channel (running statistics at "
+        "inference). Helps a decoder trained from scratch read the sequence: without it "
+        "the outputs drift towards one constant vector for every sequence.",
+    )
 
 
 def build_mlp_projection(params: MLPParams, context: BuildContext) -> MLPProjection:
     """Factory registered as ``mlp``."""
     input_dim, output_dim, num_latents = require_dims(context, "mlp")
-    return MLPProjection(input_dim, output_dim, num_latents, hidden_dim=params.hidden_dim)
+    return MLPProjection(
+        input_dim,
+        output_dim,
+        num_latents,
+        hidden_dim=params.hidden_dim,
+        pooling=params.pooling,
+        normalize_output=params.normalize_output,
+    )

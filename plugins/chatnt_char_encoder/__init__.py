@@ -1,14 +1,17 @@
-"""chatnt plugin: a tiny character-level transformer encoder for any modality.
+"""chatnt plugin: small character-level encoders, trained from scratch, for any modality.
 
-Registers one encoder, ``char-transformer``: a small transformer over single letters
-(DNA, RNA or protein - whichever encoder slot it fills), randomly initialised from a seed.
-It has no pretrained weights; it exists for tests and for the offline quickstart, which
-trains every component from scratch::
+Registers two encoders, both over single letters (DNA, RNA or protein - whichever
+encoder slot they fill) and randomly initialised from a seed, with no pretrained weights:
+
+* ``char-transformer``: a small transformer, used by the tests' tiny models;
+* ``motif-cnn``: a convolutional motif scanner, the encoder of the offline quickstart
+  (it learns binding sites from scratch far faster)::
 
     encoders:
       dna:
-        name: char-transformer
-        params: {hidden_size: 32, num_layers: 2, max_tokens: 1024}
+        name: motif-cnn
+        params: {hidden_size: 64, kernel_size: 19}
+        projection: {name: mlp, params: {pooling: max}}
 
 The plugin is found through the ``chatnt`` entry-point group; chatnt's own
 ``pyproject.toml`` declares it exactly as a third-party package would::
@@ -22,6 +25,7 @@ a ``@hookimpl`` ``register_encoders`` that calls ``register(name, factory, param
 
 from __future__ import annotations
 
+from chatnt_char_encoder.cnn import MotifCNNEncoder, MotifCNNParams, build_motif_cnn
 from chatnt_char_encoder.encoder import (
     CharTransformerEncoder,
     CharTransformerParams,
@@ -35,8 +39,11 @@ __version__ = "0.1.0"
 __all__ = [
     "CharTransformerEncoder",
     "CharTransformerParams",
+    "MotifCNNEncoder",
+    "MotifCNNParams",
     "__version__",
     "build_char_transformer",
+    "build_motif_cnn",
     "build_vocab",
     "register_encoders",
 ]
@@ -45,3 +52,4 @@ __all__ = [
 @hookimpl
 def register_encoders(register: Register) -> None:
     register("char-transformer", build_char_transformer, CharTransformerParams)
+    register("motif-cnn", build_motif_cnn, MotifCNNParams)

@@ -144,14 +144,7 @@ class CharTransformerEncoder(Encoder):
         return [CLS_ID, *(self.vocab.get(ch, UNK_ID) for ch in sequence.upper())]
 
     def tokenize(self, sequences: Sequence[str]) -> EncoderTokens:
-        rows = [self.token_ids(sequence) for sequence in sequences]
-        width = max((len(row) for row in rows), default=1)
-        input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)  # (B, N)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)  # (B, N)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return EncoderTokens(input_ids=input_ids, mask=mask)
+        return EncoderTokens.right_padded([self.token_ids(s) for s in sequences], PAD_ID)
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
         length = input_ids.shape[1]

@@ -29,8 +29,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-import torch
-
 from chatnt_core.errors import InvalidSequenceError
 from chatnt_core.interfaces import EncoderTokens
 
@@ -101,10 +99,4 @@ class NTTokenizer:
     @staticmethod
     def pad(rows: Sequence[Sequence[int]]) -> EncoderTokens:
         """Right-pad id rows with ``<pad>`` into (B, N) ids and a (B, N) bool mask."""
-        width = max((len(row) for row in rows), default=1)
-        input_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)  # (B, N)
-        mask = torch.zeros((len(rows), width), dtype=torch.bool)  # (B, N)
-        for i, row in enumerate(rows):
-            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-            mask[i, : len(row)] = True
-        return EncoderTokens(input_ids=input_ids, mask=mask)
+        return EncoderTokens.right_padded(rows, PAD_ID)
