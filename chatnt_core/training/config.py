@@ -67,6 +67,19 @@ class DataConfig(_Strict):
     )
 
 
+class EncoderWarmupConfig(BaseModel):
+    """``encoder_warmup:`` of a training config (see ``chatnt_core/training/warmup.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(ge=1, description="probe updates before the chat training starts")
+    batch_size: int = Field(16, ge=1, description="sequences per task and update")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate of encoder and probes")
+    max_per_task: int = Field(
+        5000, ge=1, description="training records per task the warm-up draws from"
+    )
+
+
 class TrainConfig(_Strict):
     """A training run. See docs/training.md for each field."""
 
@@ -81,6 +94,12 @@ class TrainConfig(_Strict):
     lr_scale: dict[Literal["encoders", "projections", "decoder"], float] = Field(
         default_factory=dict,
         description="per-part multiplier of the learning rate, e.g. {encoders: 0.1}",
+    )
+    encoder_warmup: EncoderWarmupConfig | None = Field(
+        None,
+        description="train the encoders on the training labels through linear probes "
+        "before the chat training (chatnt_core/training/warmup.py); for encoders trained "
+        "from scratch",
     )
     tokens_per_update: int | None = Field(
         None,

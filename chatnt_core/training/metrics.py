@@ -90,12 +90,14 @@ class MetricsLogger:
 class ProgressBar:
     """Loss, tokens/s and ETA on a terminal; a no-op otherwise (CI logs, tests, ranks > 0)."""
 
-    def __init__(self, enabled: bool, total: int, completed: int, unit: str) -> None:
+    def __init__(
+        self, enabled: bool, total: int, completed: int, unit: str, label: str = "train"
+    ) -> None:
         self.progress: Progress | None = None
         if not (enabled and sys.stderr.isatty()):
             return
         self.progress = Progress(
-            TextColumn("[bold]train[/bold]"),
+            TextColumn(f"[bold]{label}[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn(unit),

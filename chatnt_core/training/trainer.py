@@ -22,16 +22,17 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from chatnt_core.batching import IGNORE_INDEX, collate
 from chatnt_core.config import ResolvedConfig, load_config, parse_config, resolve_config
-from chatnt_core.errors import ChatNTError
+from chatnt_core.errors import ChatNTError, ConfigError
+from chatnt_core.interfaces import Encoder
 from chatnt_core.model import ChatNTModel
 from chatnt_core.training import checkpoint as ckpt
-from chatnt_core.training.config import ScheduleConfig, TrainConfig
+from chatnt_core.training.config import EncoderWarmupConfig, ScheduleConfig, TrainConfig
 from chatnt_core.training.data import ExampleCache, TrainingData, answer_tokens
 from chatnt_core.training.lora import apply_lora
 from chatnt_core.training.metrics import MetricsLogger, ProgressBar
@@ -41,6 +42,7 @@ from chatnt_core.training.sampling import (
     padding_fraction,
     plan_micro_batches,
 )
+from chatnt_core.training.warmup import probe_tasks, warm_up_encoder
 
 # Fields that change what a resumed run computes; a change is allowed but breaks exactness.
 _PATH_FIELDS = ("data", "seed", "tokens_per_update", "samples_per_update", "optimizer")
@@ -155,6 +157,8 @@ class Trainer:
         self.data = TrainingData.load(config.data)
         self.sampler = UniformTaskSampler(self.data.index, config.seed)
         self.cache = ExampleCache(self.data, self.model)
+        if config.encoder_warmup is not None and self.checkpoint is None:
+            self._warm_up_encoders(config.encoder_warmup)  # a resumed run has its result
         self.step = 0
         self.samples_seen = 0
         self.tokens_seen = 0
@@ -174,6 +178,54 @@ class Trainer:
         self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         if self.checkpoint is not None:
             self._restore_state(self.checkpoint)
+
+    # ---- encoder warm-up ------------------------------------------------------------------
+
+    def _warm_up_encoders(self, warmup: EncoderWarmupConfig) -> None:
+        """Probe-train every encoder on the training labels (see ``training/warmup.py``)."""
+        from chatnt_core.data.tasks import load_task_cards
+
+        cards = load_task_cards()
+        if self.config.data.tasks is not None:
+            cards = {name: card for name, card in cards.items() if name in self.config.data.tasks}
+        columns = ["task", "sequences", "label", "value"]
+        for modality, encoder in self.model.encoders.items():
+            if not any(p.requires_grad for p in encoder.parameters()):
+                raise ConfigError(
+                    f"encoder_warmup needs the {modality} encoder to be trainable (a frozen "
+                    "encoder is rebuilt from its config when a checkpoint loads, so the "
+                    f"warm-up would be lost): set trainable: true for {modality} or remove "
+                    "encoder_warmup"
+                )
+            records = (r for d in self.data.datasets for r in d.select_columns(columns))
+            tasks = probe_tasks(records, cards, cast(Encoder, encoder), warmup.max_per_task)
+            self._warm_up_one(modality, cast(Encoder, encoder), tasks, warmup)
+
+    def _warm_up_one(
+        self, modality: str, encoder: Encoder, tasks: list[Any], warmup: EncoderWarmupConfig
+    ) -> None:
+        acc = self.accelerator
+        encoder.to(acc.device)
+        enabled = acc.is_main_process and self.config.progress
+        label = f"warm-up {modality}"
+        with (
+            torch.random.fork_rng(devices=[]),
+            ProgressBar(enabled, warmup.steps, 0, "updates", label=label) as bar,
+        ):
+            losses = warm_up_encoder(
+                encoder,
+                tasks,
+                warmup,
+                self.config.seed,
+                acc.device,
+                progress=lambda step: bar.update(step, None, None),
+            )
+        tail = losses[-50:]
+        acc.print(
+            f"warm-up of the {modality} encoder: {warmup.steps} updates on {len(tasks)} "
+            f"task(s) ({', '.join(t.name for t in tasks)}), probe loss {losses[0]:.3f} -> "
+            f"{sum(tail) / len(tail):.3f}"
+        )
 
     # ---- resume ---------------------------------------------------------------------------
 
