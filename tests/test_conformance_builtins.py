@@ -99,7 +99,11 @@ CONFORMANCE_TABLE: dict[str, tuple[Row, ...]] = {
         Row({**SMALL_PERCEIVER, "question_embeddings": "decoder"}, PROJECTION_CONTEXT),
     ),
     "perceiver-resampler": (Row(SMALL_PERCEIVER, PROJECTION_CONTEXT),),
-    "mlp": (Row({}, PROJECTION_CONTEXT), Row({"pooling": "max"}, PROJECTION_CONTEXT)),
+    "mlp": (
+        Row({}, PROJECTION_CONTEXT),
+        Row({"pooling": "max"}, PROJECTION_CONTEXT),
+        Row({"pooling": "mean_max", "normalize_output": True}, PROJECTION_CONTEXT),
+    ),
     # decoders
     "hf-causal-lm": (Row(tiny_decoder_params(), BuildContext()),),
 }

@@ -122,3 +122,13 @@ def test_masked_rows_take_no_part_in_the_statistics() -> None:
     x = torch.tensor([[1.0], [3.0], [1000.0]])
     out = norm(x, torch.tensor([True, True, False]))
     torch.testing.assert_close(out[:2, 0], torch.tensor([-1.0, 1.0]), atol=1e-4, rtol=0)
+
+
+def test_mean_max_pooling_feeds_both_statistics_side_by_side() -> None:
+    projection = MLPProjection(input_dim=1, output_dim=1, num_latents=1, pooling="mean_max")
+    assert projection.fc1.in_features == 2
+    seen: list[torch.Tensor] = []
+    projection.fc1.register_forward_hook(lambda _m, args, _o: seen.append(args[0]))
+    embeddings = torch.tensor([[[1.0], [5.0], [3.0], [0.0]]])  # (1, 4, 1)
+    projection(embeddings, torch.tensor([[True, True, True, False]]))
+    assert seen[0].tolist() == [[[3.0, 5.0]]]  # mean and max of the 3 real tokens

@@ -15,6 +15,8 @@ maps commute with averaging; only the GELU makes the order matter.)
 ``pooling: max`` takes each chunk's element-wise maximum instead of its mean: for motif
 detectors (ReLU match scores, e.g. the ``motif-cnn`` encoder) "is there a match in this
 chunk" is the maximum, and a mean dilutes one 19-letter match among the chunk's letters.
+``pooling: mean_max`` feeds both, side by side, to the MLP: composition (GC content) is
+read best from the mean, site presence from the maximum.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def chunk_mean_weights(mask: torch.Tensor, num_chunks: int) -> torch.Tensor:
     return inside.float() / counts[..., None].float()  # (B, K, N)
 
 
-Pooling = Literal["mean", "max"]
+Pooling = Literal["mean", "max", "mean_max"]
 
 
 def chunk_max(embeddings: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -86,7 +88,8 @@ class MLPProjection(Projection):
         self.num_latents = num_latents
         self.pooling = pooling
         hidden = hidden_dim or output_dim
-        self.fc1 = nn.Linear(input_dim, hidden, bias=True)
+        pooled_dim = 2 * input_dim if pooling == "mean_max" else input_dim
+        self.fc1 = nn.Linear(pooled_dim, hidden, bias=True)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, output_dim, bias=True)
         self.output_norm = MaskedBatchNorm(output_dim) if normalize_output else None
@@ -103,6 +106,9 @@ class MLPProjection(Projection):
         weights = chunk_mean_weights(mask, self.num_latents).to(seq_embeddings.dtype)
         if self.pooling == "max":
             pooled = chunk_max(seq_embeddings, weights)  # (B, K, D_enc)
+        elif self.pooling == "mean_max":
+            mean = torch.bmm(weights, seq_embeddings)
+            pooled = torch.cat([mean, chunk_max(seq_embeddings, weights)], dim=-1)  # (B, K, 2D)
         else:
             pooled = torch.bmm(weights, seq_embeddings)  # (B, K, D_enc)
         out: torch.Tensor = self.fc2(self.act(self.fc1(pooled)))  # (B, K, D)
@@ -123,8 +129,8 @@ class MLPParams(BaseModel):
     )
     pooling: Pooling = Field(
         default="mean",
-        description="How each of the K chunks of tokens is pooled: mean, or element-wise "
-        "max (for motif detectors such as motif-cnn).",
+        description="How each of the K chunks of tokens is pooled: mean, element-wise max "
+        "(for motif detectors such as motif-cnn), or mean_max (both, concatenated).",
     )
     normalize_output: bool = Field(
         default=False,
