@@ -144,6 +144,9 @@ def quickstart(
         "runs/quickstart"
     ),
     steps: Annotated[int, typer.Option(min=1, help="training updates")] = 3000,
+    warmup_steps: Annotated[
+        int, typer.Option(min=1, help="encoder warm-up updates before the training")
+    ] = 800,
     train_size: Annotated[int, typer.Option(min=10, help="demo training examples per task")] = 2000,
     test_size: Annotated[int, typer.Option(min=10, help="demo test examples per task")] = 200,
     eval_per_task: Annotated[int, typer.Option(min=10, help="examples scored per task")] = 200,
@@ -152,7 +155,9 @@ def quickstart(
     """Demo data -> train from scratch -> calibrate -> evaluate -> example chats (offline, CPU)."""
     from chatnt_core.quickstart import QuickstartSettings, run_quickstart
 
-    settings = QuickstartSettings(out, steps, train_size, test_size, eval_per_task, seed)
+    settings = QuickstartSettings(
+        out, steps, warmup_steps, train_size, test_size, eval_per_task, seed
+    )
     if (out / "run").exists():
         raise ChatNTError(f"{out}/run already exists: pass another --out or remove it")
     run_quickstart(settings)

@@ -41,6 +41,7 @@ FROM_SCRATCH_NOTE = (
 class QuickstartSettings:
     out: Path
     steps: int
+    warmup_steps: int  # encoder warm-up updates (the config's encoder_warmup.steps)
     train_size: int  # demo examples per task
     test_size: int
     eval_per_task: int
@@ -51,8 +52,10 @@ def _train_config(settings: QuickstartSettings, data_dir: Path) -> Any:
     from chatnt_core.training.config import load_train_config
 
     config = load_train_config("quickstart")
+    warmup = config.encoder_warmup
     return config.model_copy(
         update={
+            "encoder_warmup": warmup and warmup.model_copy(update={"steps": settings.warmup_steps}),
             "data": config.data.model_copy(update={"paths": [str(data_dir)]}),
             "output_dir": str(settings.out / "run"),
             "max_steps": settings.steps,

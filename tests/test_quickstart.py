@@ -15,7 +15,8 @@ def test_quickstart_runs_every_stage_and_leaves_a_usable_checkpoint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "qs"
-    args = ["quickstart", "--out", str(out), "--steps", "4", "--train-size", "10"]
+    args = ["quickstart", "--out", str(out), "--steps", "4", "--warmup-steps", "3"]
+    args += ["--train-size", "10"]
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--test-size", "10", "--eval-per-task", "10"])
     assert exit_info.value.code == 0
