@@ -7,9 +7,10 @@ against the targets and three example conversations, and leaves a checkpoint tha
 ``chatnt ask``, ``chat`` and ``batch`` use.
 
 No pretrained weights can be downloaded here, so every component starts from random
-weights and all three (a motif-scanning CNN encoder, the projection and a small Llama
-decoder) are trained together from scratch. That is unlike the paper (pretrained NT-v2
-and Vicuna, decoder frozen), and the run says so.
+weights: the encoder (a motif-scanning CNN) is first warmed up on the training labels
+through linear probes (``encoder_warmup``, the stand-in for a pretrained encoder), then the
+projection and a small Llama decoder are trained from scratch to answer in English. That
+is unlike the paper (pretrained NT-v2 and Vicuna, decoder frozen), and the run says so.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ PARSEABLE_TARGET = 95.0
 MAX_NEW_TOKENS = 64
 FROM_SCRATCH_NOTE = (
     "No pretrained weights are available offline, so every component starts from random "
-    "weights and the encoder (a small motif-scanning CNN), the projection and the decoder "
-    "(a 2-layer Llama) are all trained from scratch (see registry/training/quickstart.yaml). "
-    "The paper starts from pretrained NT-v2 and Vicuna-7B and keeps the decoder frozen."
+    "weights: the encoder (a small motif-scanning CNN) is first warmed up on the training "
+    "labels through linear probes, standing in for a pretrained encoder; then the projection "
+    "and the decoder (a 2-layer Llama) are trained from scratch to answer in English (see "
+    "registry/training/quickstart.yaml). The paper starts from pretrained NT-v2 and "
+    "Vicuna-7B and keeps the decoder frozen."
 )
 
 
