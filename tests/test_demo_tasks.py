@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -139,3 +140,22 @@ def test_write_demo_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         main(["data", "demo", "--out", str(tmp_path / "cli")])
     assert info.value.code == 1
     assert "already holds a dataset" in capsys.readouterr().err
+
+
+def test_a_quarter_of_training_records_ask_a_correct_follow_up() -> None:
+    from chatnt_core.data.demo import demo_records
+
+    records = demo_records("train", 100, seed=3)
+    follow_ups = [r for r in records if len(r["turns"]) == 2]
+    assert 0.15 < len(follow_ups) / len(records) < 0.3
+    checked = 0
+    for record in follow_ups:
+        sequence = record["sequences"][0]["sequence"]
+        second = record["turns"][1]["assistant"]
+        if "GC" in second or "G and C" in second:
+            gc = (sequence.count("G") + sequence.count("C")) / len(sequence)
+            stated = float(re.findall(r"\d\.\d\d", second)[0])
+            assert abs(stated - gc) <= 0.005 + 1e-9
+            checked += 1
+    assert checked > 0
+    assert all(len(r["turns"]) == 1 for r in demo_records("test", 50, seed=3))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from chatnt_core.api import ChatNT
 from chatnt_core.cli import main
-from chatnt_core.quickstart import FROM_SCRATCH_NOTE
+from chatnt_core.quickstart import FROM_SCRATCH_NOTE, _results_table
 
 
 def test_quickstart_runs_every_stage_and_leaves_a_usable_checkpoint(
@@ -38,3 +39,27 @@ def test_quickstart_runs_every_stage_and_leaves_a_usable_checkpoint(
         main([*args])
     assert exit_info.value.code == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def fake_report(unparseable: dict[str, float]) -> SimpleNamespace:
+    tasks = {
+        name: SimpleNamespace(
+            card=SimpleNamespace(kind="regression"),
+            summary={
+                "score": 0.9,
+                "metric": "pearson",
+                "metrics": {"pearson": 0.9},
+                "n": 200,
+                "unparseable_pct": pct,
+            },
+        )
+        for name, pct in unparseable.items()
+    }
+    return SimpleNamespace(tasks=tasks)
+
+
+def test_the_parse_target_counts_all_answers_together() -> None:
+    _, missed = _results_table(fake_report({"a": 9.0, "b": 0.0}))  # 95.5% parseable
+    assert missed == []
+    _, missed = _results_table(fake_report({"a": 12.0, "b": 0.0}))  # 94.0% parseable
+    assert missed == ["only 94.0% of answers parseable"]

@@ -200,17 +200,48 @@ def demo_cards() -> dict[str, TaskCard]:
     return {name: load_card_file(registry_root() / "tasks" / f"{name}.yaml") for name in DEMO_TASKS}
 
 
+FOLLOW_UP_RATE = 0.25  # share of training records that get a second turn
+
+
+def follow_up_target(example: DemoExample, task: str) -> tuple[str | None, float | None] | None:
+    """The answer to ``task`` asked of ``example``'s sequence, or None if it has none."""
+    factors = [site.factor for site in example.sites]
+    if task == "demo-gc-content":
+        seq = example.sequence
+        return None, (seq.count("G") + seq.count("C")) / len(seq)
+    if task == "demo-motif-count":
+        return (None, float(factors.count("REST"))) if factors.count("REST") <= 3 else None
+    if task == "demo-ctcf-site":
+        return ("ctcf_site" if "CTCF" in factors else "no_ctcf_site"), None
+    if task == "demo-tf-site" and len(factors) == 1:
+        return factors[0], None
+    return None
+
+
 def demo_records(split: str, size_per_task: int, seed: int) -> list[InstructionRecord]:
-    """``size_per_task`` examples of every demo task, rendered and shuffled together."""
+    """``size_per_task`` examples of every demo task, rendered and shuffled together.
+
+    In the training split a quarter of the records go on with a second turn that asks
+    another demo task's question about the same sequence, so the model also learns to
+    answer follow-ups in a conversation (``chatnt chat``). Test records keep one turn.
+    """
     split_index = {"train": 0, "test": 1}[split]
     generator = DemoGenerator(seed * 2 + split_index)
     text_rng = random.Random(f"demo:{seed}:{split}")
+    cards = demo_cards()
+    makers = {name: RecordMaker(card, split, text_rng) for name, card in cards.items()}
     records: list[InstructionRecord] = []
-    for name, card in demo_cards().items():
-        maker = RecordMaker(card, split, text_rng)
+    for name in cards:
         for _ in range(size_per_task):
             example = generator.draw(name)
-            records.append(maker.single([example.sequence], example.label, example.value))
+            record = makers[name].single([example.sequence], example.label, example.value)
+            if split == "train" and text_rng.random() < FOLLOW_UP_RATE:
+                other = text_rng.choice([task for task in cards if task != name])
+                target = follow_up_target(example, other)
+                if target is not None:
+                    second = makers[other].single([example.sequence], *target)
+                    record["turns"].append(second["turns"][0])
+            records.append(record)
     text_rng.shuffle(records)
     return records
 
