@@ -143,7 +143,7 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="where data, checkpoint and report go")] = Path(
         "runs/quickstart"
     ),
-    steps: Annotated[int, typer.Option(min=1, help="training updates")] = 3000,
+    steps: Annotated[int, typer.Option(min=1, help="training updates")] = 4500,
     warmup_steps: Annotated[
         int, typer.Option(min=1, help="encoder warm-up updates before the training")
     ] = 800,
