@@ -186,7 +186,7 @@ class ChatNT:
         questions: Sequence[str],
         sequences: Sequence[Sequences] | None = None,
         *,
-        max_new_tokens: int = 40,
+        max_new_tokens: int = 128,
         temperature: float = 0.0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
@@ -224,7 +224,7 @@ class ChatNT:
         sequences: Sequences | None = None,
         *,
         task: str | TaskCard | None = None,
-        max_new_tokens: int = 40,
+        max_new_tokens: int = 128,
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> Answer:
@@ -244,7 +244,7 @@ class ChatNT:
         sequences: Sequence[Sequences],
         *,
         task: str | TaskCard | None = None,
-        max_new_tokens: int = 40,
+        max_new_tokens: int = 128,
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[Answer]:
@@ -333,7 +333,7 @@ class ChatNT:
         return out
 
     def chat(
-        self, *, max_new_tokens: int = 40, temperature: float = 0.0, seed: int | None = None
+        self, *, max_new_tokens: int = 128, temperature: float = 0.0, seed: int | None = None
     ) -> Conversation:
         """A multi-turn conversation in which each sequence is encoded once."""
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
