@@ -5,7 +5,7 @@ encoder slot they fill) and randomly initialised from a seed, with no pretrained
 
 * ``char-transformer``: a small transformer, used by the tests' tiny models;
 * ``motif-cnn``: a convolutional motif scanner, the encoder of the offline quickstart
-  (it learns binding sites from scratch far faster)::
+  (it learns binding sites from scratch at a fraction of the cost)::
 
     encoders:
       dna:

@@ -3,11 +3,12 @@
 The classic genomics first layer (DeepBind, Basset): filters as wide as a binding site
 slide over the one-hot sequence and a ReLU keeps only the matches, one vector per letter.
 Paired with the ``mlp`` projection's ``pooling: max`` it reports the best match per chunk.
-Why it is here: trained from random weights, this pair learns to recognise planted
-transcription-factor sites within about ten thousand examples (a direct classifier on the
-demo CTCF task: 93% accuracy after 1,000 batches of 16), where the ``char-transformer`` of
-the same width stays at chance. It is the encoder of ``chatnt quickstart``, which has no
-pretrained weights to start from.
+Why it is here: trained from random weights it learns planted transcription-factor sites
+as well as the ``char-transformer`` of the same width, about seven times faster per update
+(``python bench/encoder_probe.py``: a max-pooled linear probe on the demo CTCF labels,
+1,000 batches of 16, reached 92% held-out accuracy in 14 s against 93% in 94 s; scanning
+both strands, 95% by update 200). It is the encoder of ``chatnt quickstart``, which has no
+pretrained weights to start from and little time.
 
 Tokens: ``<pad>`` = 0, ``<unk>`` = 1, then the modality's alphabet in sorted order (no
 ``<cls>``). The one-hot input has a column per alphabet letter; ``<pad>`` and ``<unk>`` are
