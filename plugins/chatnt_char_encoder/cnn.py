@@ -25,13 +25,13 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from chatnt_core.errors import ConfigError, InvalidSequenceError
+from chatnt_char_encoder.encoder import PAD_ID, check_input_width, letter_ids
+from chatnt_core.errors import ConfigError
 from chatnt_core.interfaces import Encoder, EncoderOutput, EncoderTokens
 from chatnt_core.modality import ALPHABETS, Modality
 from chatnt_core.normalization import MaskedBatchNorm
 from chatnt_core.plugins import BuildContext
 
-PAD_ID, UNK_ID = 0, 1
 _SPECIAL = ("<pad>", "<unk>")
 # IUPAC complements; U pairs with A in RNA. Letters not listed are their own complement.
 _COMPLEMENT = {"A": "T", "T": "A", "C": "G", "G": "C", "U": "A", "R": "Y", "Y": "R"}
@@ -97,22 +97,13 @@ class MotifCNNEncoder(Encoder):
 
     def token_ids(self, sequence: str) -> list[int]:
         """One sequence -> ids; raises if it does not fit."""
-        if len(sequence) > self.max_tokens:
-            raise InvalidSequenceError(
-                f"sequence of length {len(sequence)} is longer than the {self.modality} "
-                f"encoder's limit of {self.max_tokens} letters: shorten it or raise max_tokens"
-            )
-        return [self.vocab.get(ch, UNK_ID) for ch in sequence.upper()]
+        return letter_ids(sequence, self.vocab, self.max_tokens, self.modality)
 
     def tokenize(self, sequences: Sequence[str]) -> EncoderTokens:
         return EncoderTokens.right_padded([self.token_ids(s) for s in sequences], PAD_ID)
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
-        length = input_ids.shape[1]
-        if length > self.max_tokens:
-            raise InvalidSequenceError(
-                f"encoder input of {length} letters exceeds max_tokens={self.max_tokens}"
-            )
+        check_input_width(input_ids, self.max_tokens)
         mask = mask.bool()
         letters = self.conv.in_channels
         # Ids 2.. are letters; <pad> and <unk> become all-zero columns.

@@ -68,6 +68,26 @@ def build_vocab(modality: Modality) -> dict[str, int]:
     return {token: i for i, token in enumerate(tokens)}
 
 
+def letter_ids(sequence: str, vocab: dict[str, int], limit: int, modality: Modality) -> list[int]:
+    """Upper-cased letters -> ids (``<unk>`` for letters outside ``vocab``), at most ``limit``."""
+    if len(sequence) > limit:
+        raise InvalidSequenceError(
+            f"sequence of length {len(sequence)} is longer than the {modality} encoder's "
+            f"limit of {limit} letters: shorten it or raise max_tokens"
+        )
+    return [vocab.get(ch, UNK_ID) for ch in sequence.upper()]
+
+
+def check_input_width(input_ids: torch.Tensor, max_tokens: int) -> int:
+    """The width N of a (B, N) id batch; raises if it exceeds ``max_tokens``."""
+    length = int(input_ids.shape[1])
+    if length > max_tokens:
+        raise InvalidSequenceError(
+            f"encoder input of {length} tokens exceeds max_tokens={max_tokens}"
+        )
+    return length
+
+
 class _SelfAttention(nn.Module):
     def __init__(self, hidden_size: int, num_heads: int) -> None:
         super().__init__()
@@ -135,23 +155,13 @@ class CharTransformerEncoder(Encoder):
 
     def token_ids(self, sequence: str) -> list[int]:
         """One sequence -> ids, ``<cls>`` first; raises if it does not fit."""
-        limit = self.max_tokens - 1
-        if len(sequence) > limit:
-            raise InvalidSequenceError(
-                f"sequence of length {len(sequence)} is longer than the {self.modality} "
-                f"encoder's limit of {limit} characters: shorten it or raise max_tokens"
-            )
-        return [CLS_ID, *(self.vocab.get(ch, UNK_ID) for ch in sequence.upper())]
+        return [CLS_ID, *letter_ids(sequence, self.vocab, self.max_tokens - 1, self.modality)]
 
     def tokenize(self, sequences: Sequence[str]) -> EncoderTokens:
         return EncoderTokens.right_padded([self.token_ids(s) for s in sequences], PAD_ID)
 
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> EncoderOutput:
-        length = input_ids.shape[1]
-        if length > self.max_tokens:
-            raise InvalidSequenceError(
-                f"encoder input of {length} tokens exceeds max_tokens={self.max_tokens}"
-            )
+        length = check_input_width(input_ids, self.max_tokens)
         mask = mask.bool()
         positions = torch.arange(length, device=input_ids.device)
         x = self.token_embedding(input_ids) + self.position_embedding(positions)[None]
