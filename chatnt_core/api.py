@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from chatnt_core.data.tasks import TaskCard
     from chatnt_core.encoding_cache import EncodingCache
     from chatnt_core.evaluation.calibrate import TaskCalibration
+    from chatnt_core.evaluation.parsing import TaskMatch
 
 Sequences = Mapping[str, str | SequenceInput]
 
@@ -62,6 +63,11 @@ class Answer:
     that worked; it is False when no card applies). ``probability`` is P(positive label)
     for binary cards, from answer perplexities, never from the generated words; it is
     Platt-calibrated when ``calibrated`` is True.
+
+    ``task_match`` says how the card was chosen: ``given`` (``task=``), ``exact`` (the
+    question is in the card's question pool), ``similar`` (close to its questions,
+    ``match_score`` in [0, 1]) or ``none``: no card matched, so there is no label, value
+    or probability, and ``match_note`` says why (``chatnt_core.evaluation.parsing``).
     """
 
     text: str
@@ -71,6 +77,9 @@ class Answer:
     probability: float | None = None
     calibrated: bool = False
     parseable: bool = False
+    task_match: str = "none"
+    match_score: float | None = None
+    match_note: str = ""
 
     def __str__(self) -> str:
         return self.text
@@ -169,15 +178,19 @@ class ChatNT:
 
     def task_card(self, question: str, task: str | TaskCard | None = None) -> TaskCard | None:
         """The named card (a name or YAML path), else the card the question matches, or None."""
+        return self.find_task(question, task).card
+
+    def find_task(self, question: str, task: str | TaskCard | None = None) -> TaskMatch:
+        """The named card (a name or YAML path), else the card the question matches and how
+        (``chatnt_core.evaluation.parsing.match_question``: its pools, exactly or closely)."""
         from chatnt_core.data.tasks import TaskCard, get_task_card
+        from chatnt_core.evaluation.parsing import TaskMatch, match_question
 
         if isinstance(task, TaskCard):
-            return task
+            return TaskMatch(task, "given")
         if task is not None:
-            return self.cards.get(task) or get_task_card(task)
-        from chatnt_core.evaluation.parsing import match_task
-
-        return match_task(question, list(self.cards.values()))
+            return TaskMatch(self.cards.get(task) or get_task_card(task), "given")
+        return match_question(question, list(self.cards.values()))
 
     # ---- generation --------------------------------------------------------------------
 
@@ -253,34 +266,48 @@ class ChatNT:
         texts = self.generate(
             questions, sequences, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
         )
-        matched: dict[str, TaskCard | None] = {}
-        cards = []
+        found: dict[str, TaskMatch] = {}
         for question in questions:
-            if question not in matched:
-                matched[question] = self.task_card(question, task)
-            cards.append(matched[question])
+            if question not in found:
+                found[question] = self.find_task(question, task)
+        matches = [found[question] for question in questions]
+        cards = [match.card for match in matches]
         examples = [Example([Turn(q)], as_sequence_inputs(s)) for q, s in zip(questions, sequences)]
         probabilities = self.probabilities(cards, examples)
-        return [self.interpret(text, card, p) for text, card, p in zip(texts, cards, probabilities)]
+        return [
+            self.interpret(text, match.card, p, match)
+            for text, match, p in zip(texts, matches, probabilities)
+        ]
 
     def interpret(
-        self, text: str, card: TaskCard | None, probability: tuple[float, bool] | None = None
+        self,
+        text: str,
+        card: TaskCard | None,
+        probability: tuple[float, bool] | None = None,
+        match: TaskMatch | None = None,
     ) -> Answer:
-        """An Answer from generated text: parsed with ``card``, with its probability."""
-        prob, calibrated = probability if probability is not None else (None, False)
-        if card is None:
-            return Answer(text, probability=prob, calibrated=calibrated)
-        from chatnt_core.evaluation.parsing import parse_answer
+        """An Answer from generated text: parsed with ``card``, with its probability.
 
-        parsed = parse_answer(card, text)
+        ``match`` is how ``card`` was found (``find_task``); without it a card counts as
+        given and no card as unmatched.
+        """
+        from chatnt_core.evaluation.parsing import TaskMatch, parse_answer
+
+        prob, calibrated = probability if probability is not None else (None, False)
+        if match is None:
+            match = TaskMatch(card, "given" if card is not None else "none")
+        parsed = parse_answer(card, text) if card is not None else None
         return Answer(
             text=text,
-            task=card.name,
-            label=parsed.label,
-            value=parsed.value,
+            task=card.name if card is not None else None,
+            label=parsed.label if parsed is not None else None,
+            value=parsed.value if parsed is not None else None,
             probability=prob,
             calibrated=calibrated,
-            parseable=parsed.parseable,
+            parseable=parsed is not None and parsed.parseable,
+            task_match=match.how,
+            match_score=match.score,
+            match_note=match.reason,
         )
 
     def probabilities(
@@ -361,10 +388,10 @@ class Conversation:
         """Answer ``message``; ``sequences`` binds the tags it uses for the first time."""
         history = list(self.session.turns)
         text = self.session.ask(message, sequences)
-        card = self.chatnt.task_card(message, task)
+        match = self.chatnt.find_task(message, task)
         example = Example([*history, Turn(message)], dict(self.session.sequences))
-        probability = self.chatnt.probabilities([card], [example], self.session.cache)[0]
-        return self.chatnt.interpret(text, card, probability)
+        probability = self.chatnt.probabilities([match.card], [example], self.session.cache)[0]
+        return self.chatnt.interpret(text, match.card, probability, match)
 
     def reset(self) -> None:
         """Forget the turns and tag bindings; encodings stay cached."""

@@ -38,7 +38,7 @@ ModalityOption = Annotated[
 ]
 TaskOption = Annotated[
     str | None,
-    typer.Option(help="task card name or YAML; default: the card the question matches"),
+    typer.Option(help="task card name or YAML; default: the card the question matches, if any"),
 ]
 MaxTokensOption = Annotated[int, typer.Option(min=1)]
 TemperatureOption = Annotated[float, typer.Option(min=0.0, help="0 = greedy")]
@@ -81,11 +81,19 @@ def parse_seq_option(value: str, default: Modality) -> SequenceInput:
     return SequenceInput(name, payload, modality)
 
 
-def describe(answer: Answer) -> str | None:
-    """The line under an answer: task, parsed label/value, probability; None if no task."""
+NO_TASK_LINE = "no task card matched this question{why}: no label or probability; pass --task NAME"
+
+
+def describe(answer: Answer, explain_no_task: bool = True) -> str | None:
+    """The line under an answer: task (and how it was matched), parsed label/value and
+    probability; without a task, why none matched (None if ``explain_no_task`` is off)."""
     if answer.task is None:
-        return None
+        if not explain_no_task:
+            return None
+        return NO_TASK_LINE.format(why=f" ({answer.match_note})" if answer.match_note else "")
     parts = [f"task: {answer.task}"]
+    if answer.task_match == "similar" and answer.match_score is not None:
+        parts[0] += f" (closest match, score {answer.match_score:.2f})"
     if not answer.parseable:
         parts.append("parsed: (not parseable)")
     elif answer.label is not None:
@@ -109,7 +117,11 @@ def ask_command(
     seed: SeedOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
 ) -> None:
-    """Answer one question; prints the answer and, for a known task, its parsed value."""
+    """Answer one question; prints the answer and, for a known task, its parsed value.
+
+    The task card is the one the question matches (its question pools, exactly or
+    closely), else ``--task``; a line says when no card matched.
+    """
     from chatnt_core.api import ChatNT
 
     sequences = {s.name: s for s in (parse_seq_option(v, modality) for v in seq or [])}
@@ -234,7 +246,7 @@ def chat_command(
             typer.echo(f"error: {exc}", err=True)
             continue
         typer.echo(answer.text)
-        details = describe(answer)
+        details = describe(answer, explain_no_task=bool(bound))  # a general question needs none
         if details:
             typer.echo(details)
 

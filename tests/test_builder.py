@@ -15,7 +15,15 @@ import yaml
 from chatnt_core.cli import main
 from chatnt_core.data.builder import BuildOptions, DataError, build_dataset
 from chatnt_core.data.records import RECORD_COLUMNS, record_to_example
-from chatnt_core.data.tasks import TaskCard, fill, get_task_card
+from chatnt_core.data.tasks import (
+    TRAIN_TAG_NAMES,
+    TaskCard,
+    fill,
+    get_task_card,
+    tag_names,
+    tag_stem,
+)
+from chatnt_core.modality import Modality, modality_from_tag
 from chatnt_core.model import ChatNTModel
 from chatnt_core.plugins import PluginRegistry
 
@@ -51,17 +59,19 @@ def test_csv_build_keeps_splits_and_draws_questions_from_the_right_pool(tmp_path
     assert (report.splits["train"].records, report.splits["test"].records) == (30, 8)
     train_records, test_records = load(tmp_path / "out", "train"), load(tmp_path / "out", "test")
     assert [r["sequences"][0]["sequence"] for r in train_records] == [s for s, _ in rows(30)]
-    train_pool = filled(promoters.questions.train, "seq.fna")
-    test_pool = filled(promoters.questions.test, "seq.fna")
-    assert {r["turns"][0]["user"] for r in train_records} <= train_pool
-    assert {r["turns"][0]["user"] for r in test_records} <= test_pool
+    for records, split in ((train_records, "train"), (test_records, "test")):
+        pool = getattr(promoters.questions, split)
+        for record in records:
+            tag = record["sequences"][0]["name"]  # a file-like name from the split's pool
+            assert tag_stem(tag) in tag_names(split) and modality_from_tag(tag) == Modality.DNA
+            assert record["turns"][0]["user"] in filled(pool, tag)
     assert len({r["turns"][0]["user"] for r in train_records}) > 3  # questions actually vary
     for record in train_records + test_records:
         assert set(record) == set(RECORD_COLUMNS) and record["value"] is None
-        assert record["sequences"][0]["name"] == "seq.fna"
         assert record["sequences"][0]["modality"] == "dna"
         label = promoters.label(record["label"])
-        assert record["turns"][0]["assistant"] in filled(label.answers, "seq.fna")
+        tag = record["sequences"][0]["name"]
+        assert record["turns"][0]["assistant"] in filled(label.answers, tag)
     assert [r["label"] for r in train_records[:2]] == ["non_promoter", "promoter"]  # 0/1 synonyms
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["task"] == "promoters" and manifest["seed"] == 3
@@ -90,7 +100,8 @@ def test_regression_values_are_rounded_in_answers_and_kept_exact(tmp_path: Path)
     records = load(tmp_path / "out", "train")
     assert [r["value"] for r in records] == [1.23456, -0.125, 7.0, 0.595]
     for record, shown in zip(records, ["1.23", "-0.13", "7.00", "0.60"]):
-        answers = {fill(a, {"seq": "seq.fna"}, shown) for a in tobacco.answers or []}
+        tag = record["sequences"][0]["name"]
+        answers = {fill(a, {"seq": tag}, shown) for a in tobacco.answers or []}
         assert record["turns"][0]["assistant"] in answers and record["label"] is None
 
 
@@ -106,13 +117,14 @@ def test_multi_turn_and_multi_sequence_shapes(tmp_path: Path) -> None:
     assert len(two_turns) == report["train"].multi_turn and 30 < len(two_turns) < 90
     assert len(pairs) == report["train"].multi_sequence and 20 < len(pairs) < 60
     assert sum(len(r["sequences"]) for r in records) == 200  # every row used exactly once
-    pool = filled(promoters.questions.train, "seq.fna")
     for record in two_turns:
+        pool = filled(promoters.questions.train, record["sequences"][0]["name"])
         first, second = (t["user"] for t in record["turns"])
         assert first in pool and second in pool and first != second
     for record in pairs:
         names = [s["name"] for s in record["sequences"]]
-        assert names == ["seq1.fna", "seq2.fna"] and record["label"] is None
+        assert all(tag_stem(n) in TRAIN_TAG_NAMES for n in names) and record["label"] is None
+        assert tag_stem(names[0]) != tag_stem(names[1])  # two sequences, two names
         assert all(f"@{n}" in record["turns"][0]["user"] for n in names)
         assert all(f"@{n}" in record["turns"][0]["assistant"] for n in names)
     assert all(len(r["turns"]) == len(r["sequences"]) == 1 for r in load(tmp_path / "out", "test"))
@@ -156,10 +168,10 @@ def test_parquet_input_and_rna_card_tags(tmp_path: Path) -> None:
     build_dataset(rna_card, path, path, tmp_path / "out")
     records = load(tmp_path / "out", "train")
     assert [r["label"] for r in records] == ["promoter", "non_promoter"]
-    assert {(s["name"], s["modality"]) for r in records for s in r["sequences"]} == {
-        ("seq.frn", "rna")
-    }
-    assert all("@seq.frn" in r["turns"][0]["user"] for r in records)
+    for record in records:
+        ((name, modality),) = {(s["name"], s["modality"]) for s in record["sequences"]}
+        assert name.endswith(".frn") and modality == "rna" and tag_stem(name) in TRAIN_TAG_NAMES
+        assert f"@{name}" in record["turns"][0]["user"]
 
 
 BAD_ROWS = [("ACGT", "1"), ("", "0"), ("ACXT", "1"), ("ACGT", "maybe"), ("ACGT", "0")]

@@ -24,7 +24,9 @@ from chatnt_core.data.demo import (
     write_demo,
 )
 from chatnt_core.data.records import record_to_example
-from chatnt_core.data.tasks import fill
+from chatnt_core.data.tasks import TRAIN_TAG_NAMES, fill, tag_names, tag_stem
+from chatnt_core.modality import Modality, modality_from_tag
+from chatnt_core.prompt import find_tags
 
 JASPAR_IDS = {
     "CTCF": "MA0139.2",
@@ -112,7 +114,11 @@ def test_records_are_deterministic_for_a_seed_and_use_the_right_pools() -> None:
         for record in records:
             card = cards[record["task"]]
             pool = getattr(card.questions, split)
-            assert record["turns"][0]["user"] in {fill(q, {"seq": "seq.fna"}) for q in pool}
+            (sequence,) = record["sequences"]
+            tag = sequence["name"]  # drawn from the split's pool of file-like names
+            assert tag_stem(tag) in tag_names(split) and modality_from_tag(tag) == Modality.DNA
+            assert record["turns"][0]["user"] in {fill(q, {"seq": tag}) for q in pool}
+            assert f"@{tag}" in record["turns"][0]["assistant"]
     for record in (r for r in first if r["task"] == "demo-gc-content"):
         shown = cards["demo-gc-content"].format_value(record["value"])
         assert shown in record["turns"][0]["assistant"] and len(shown) == 4
@@ -129,7 +135,8 @@ def test_write_demo_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         saved["motifs"]["matrix_ids"] == JASPAR_IDS and "JASPAR" in saved["motifs"]["attribution"]
     )
     example = record_to_example(train[0])
-    assert list(example.sequences) == ["seq.fna"]
+    (tag,) = example.sequences
+    assert tag_stem(tag) in TRAIN_TAG_NAMES and f"@{tag}" in example.turns[0].user
     with pytest.raises(SystemExit) as info:
         main(["data", "demo", "--out", str(tmp_path / "cli"), "--train-size", "8", "--seed", "7"])
     assert info.value.code == 0
@@ -146,11 +153,16 @@ def test_a_quarter_of_training_records_ask_a_correct_follow_up() -> None:
     from chatnt_core.data.demo import demo_records
 
     records = demo_records("train", 100, seed=3)
-    follow_ups = [r for r in records if len(r["turns"]) == 2]
+    follow_ups = [r for r in records if len(r["turns"]) == 2 and find_tags(r["turns"][1]["user"])]
     assert 0.15 < len(follow_ups) / len(records) < 0.3
     checked = 0
     for record in follow_ups:
         sequence = record["sequences"][0]["sequence"]
+        tag = record["sequences"][0]["name"]
+        # the follow-up is about the same sequence, under the tag of the first turn
+        for turn in record["turns"]:
+            assert set(find_tags(turn["user"])) == {tag}
+            assert set(find_tags(turn["assistant"])) == {tag}
         second = record["turns"][1]["assistant"]
         if "GC" in second or "G and C" in second:
             gc = (sequence.count("G") + sequence.count("C")) / len(sequence)

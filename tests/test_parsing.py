@@ -175,7 +175,10 @@ def test_match_task_by_question_pool(cards: dict[str, TaskCard]) -> None:
     assert found is not None and found.name == "demo-ctcf-site"
     found = match_task("What is the G+C content of the sequence @s.fna?", cards.values())
     assert found is not None and found.name == "demo-gc-content"
-    assert match_task("Is a CTCF site hidden somewhere in @p.fna?", cards.values()) is None
+    # a question close to, not in, a pool matches too (see tests/test_task_matching.py)
+    found = match_task("Is a CTCF site hidden somewhere in @p.fna?", cards.values())
+    assert found is not None and found.name == "demo-ctcf-site"
+    assert match_task("Write a short poem about @p.fna.", cards.values()) is None
     assert match_task("Is a CTCF site hidden in @promoter.fna?", []) is None
     # a question two cards share is ambiguous
     card = cards["demo-ctcf-site"]

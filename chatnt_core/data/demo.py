@@ -12,6 +12,11 @@ present (binary, with decoy sites of other factors in half of the negatives so "
 is not enough), which factor's site was planted (one of six), the GC content, and how many
 REST sites there are (0-3). Everything is drawn from seeded generators, so a seed always
 gives the same dataset.
+
+Each record names its sequence with a file-like tag drawn from its split's pool
+(``chatnt_core.data.tasks.TRAIN_TAG_NAMES`` / ``TEST_TAG_NAMES``), so answers learn to
+name the tag the user wrote. A small share of training records go on with a general
+question that names no sequence (``GENERAL_QUESTIONS``), answered in plain English.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from chatnt_core.data.builder import (
     publish,
     write_records,
 )
-from chatnt_core.data.records import InstructionRecord
+from chatnt_core.data.records import InstructionRecord, TurnRecord
 from chatnt_core.data.tasks import TaskCard, load_card_file
 from chatnt_core.presets import registry_root
 
@@ -200,7 +205,117 @@ def demo_cards() -> dict[str, TaskCard]:
     return {name: load_card_file(registry_root() / "tasks" / f"{name}.yaml") for name in DEMO_TASKS}
 
 
-FOLLOW_UP_RATE = 0.25  # share of training records that get a second turn
+FOLLOW_UP_RATE = 0.25  # share of training records that get a second turn about the sequence
+GENERAL_TURN_RATE = 0.05  # share of training records whose second turn is a general question
+# General questions that name no sequence, with a short correct answer each. A training
+# record may follow its sequence turn with one of them (optionally opened by a thank-you),
+# so the model learns that a turn without a tag is answered as ordinary English.
+GENERAL_QUESTIONS: tuple[tuple[str, str], ...] = (
+    (
+        "What is a promoter?",
+        "A promoter is a DNA region, usually just upstream of a gene's transcription start "
+        "site, where RNA polymerase and its helper proteins assemble to start transcription.",
+    ),
+    (
+        "What does CTCF do?",
+        "CTCF is a zinc-finger DNA-binding protein that acts as an insulator and, together "
+        "with cohesin, anchors the chromatin loops that organise the genome in 3D.",
+    ),
+    (
+        "What is a transcription factor?",
+        "A transcription factor is a protein that binds specific short DNA sequences and "
+        "turns the transcription of nearby genes up or down.",
+    ),
+    (
+        "What is an enhancer?",
+        "An enhancer is a DNA region bound by transcription factors that increases the "
+        "transcription of a gene, sometimes from many kilobases away.",
+    ),
+    (
+        "What does GC content mean?",
+        "GC content is the fraction of bases in a DNA or RNA sequence that are guanine (G) "
+        "or cytosine (C).",
+    ),
+    (
+        "What is a binding motif?",
+        "A binding motif is the short sequence pattern, often summarised as a position "
+        "weight matrix, that a DNA-binding protein recognises.",
+    ),
+    (
+        "What is JASPAR?",
+        "JASPAR is an open-access database of curated transcription factor binding "
+        "profiles, stored as position frequency matrices.",
+    ),
+    (
+        "What does REST do?",
+        "REST (also called NRSF) is a transcriptional repressor that binds the RE1 element "
+        "and silences neuronal genes in non-neuronal cells.",
+    ),
+    (
+        "What is the TATA box?",
+        "The TATA box is a T/A-rich core promoter element about 25-30 bp upstream of the "
+        "transcription start site, bound by the TATA-binding protein TBP.",
+    ),
+    (
+        "What is the reverse complement of a DNA sequence?",
+        "It is the sequence of the opposite strand read 5' to 3': reverse the sequence and "
+        "swap A with T and C with G.",
+    ),
+    (
+        "Which bases pair with each other in DNA?",
+        "In DNA, adenine pairs with thymine and guanine pairs with cytosine.",
+    ),
+    (
+        "What is the difference between DNA and RNA?",
+        "RNA uses the sugar ribose instead of deoxyribose and uracil instead of thymine, "
+        "and it is usually single-stranded.",
+    ),
+    (
+        "What is a FASTA file?",
+        "A FASTA file is a text format for sequences: each record has a header line "
+        "starting with '>' followed by lines of sequence letters.",
+    ),
+    (
+        "What is ChIP-seq?",
+        "ChIP-seq maps where a protein binds the genome by immunoprecipitating the protein "
+        "with its bound DNA and sequencing that DNA.",
+    ),
+    (
+        "What is a splice site?",
+        "A splice site is the boundary between an exon and an intron; most introns start "
+        "with GT (donor) and end with AG (acceptor).",
+    ),
+    (
+        "What is a CpG island?",
+        "A CpG island is a stretch of DNA, often a few hundred to a few thousand base pairs "
+        "long, with high GC content and many CpG dinucleotides, common at promoters.",
+    ),
+    (
+        "What does GATA1 regulate?",
+        "GATA1 is a transcription factor that drives the development of red blood cells "
+        "and megakaryocytes.",
+    ),
+    (
+        "What is a position weight matrix?",
+        "A position weight matrix scores each base at each position of a motif, usually "
+        "as log-odds against a background, so a candidate site can be scored by summing.",
+    ),
+    (
+        "How long is the human genome?",
+        "The haploid human genome is about 3.1 billion base pairs long.",
+    ),
+    (
+        "What is a codon?",
+        "A codon is a group of three nucleotides in messenger RNA that specifies one amino "
+        "acid or a stop signal during translation.",
+    ),
+    (
+        "What is a nucleosome?",
+        "A nucleosome is about 147 bp of DNA wrapped around a core of eight histone "
+        "proteins, the basic unit of chromatin.",
+    ),
+)
+GENERAL_OPENERS = ("", "", "Thanks! ", "Thank you. ", "OK. ", "One more thing: ")
 
 
 def follow_up_target(example: DemoExample, task: str) -> tuple[str | None, float | None] | None:
@@ -218,12 +333,20 @@ def follow_up_target(example: DemoExample, task: str) -> tuple[str | None, float
     return None
 
 
+def general_turn(rng: random.Random) -> TurnRecord:
+    """A general question naming no sequence, with its shipped answer."""
+    question, answer = rng.choice(GENERAL_QUESTIONS)
+    return TurnRecord(user=rng.choice(GENERAL_OPENERS) + question, assistant=answer)
+
+
 def demo_records(split: str, size_per_task: int, seed: int) -> list[InstructionRecord]:
     """``size_per_task`` examples of every demo task, rendered and shuffled together.
 
     In the training split a quarter of the records go on with a second turn that asks
-    another demo task's question about the same sequence, so the model also learns to
-    answer follow-ups in a conversation (``chatnt chat``). Test records keep one turn.
+    another demo task's question about the same sequence, under the same tag, so the model
+    also learns to answer follow-ups in a conversation (``chatnt chat``); another
+    ``GENERAL_TURN_RATE`` go on with a general question naming no sequence. Either way the
+    record keeps the task, label and value of its first turn. Test records keep one turn.
     """
     split_index = {"train": 0, "test": 1}[split]
     generator = DemoGenerator(seed * 2 + split_index)
@@ -235,12 +358,16 @@ def demo_records(split: str, size_per_task: int, seed: int) -> list[InstructionR
         for _ in range(size_per_task):
             example = generator.draw(name)
             record = makers[name].single([example.sequence], example.label, example.value)
-            if split == "train" and text_rng.random() < FOLLOW_UP_RATE:
+            draw = text_rng.random() if split == "train" else 1.0
+            if draw < FOLLOW_UP_RATE:
                 other = text_rng.choice([task for task in cards if task != name])
                 target = follow_up_target(example, other)
                 if target is not None:
-                    second = makers[other].single([example.sequence], *target)
+                    tags = {"seq": record["sequences"][0]["name"]}
+                    second = makers[other].single([example.sequence], *target, tags=tags)
                     record["turns"].append(second["turns"][0])
+            elif draw < FOLLOW_UP_RATE + GENERAL_TURN_RATE:
+                record["turns"].append(general_turn(text_rng))
             records.append(record)
     text_rng.shuffle(records)
     return records

@@ -7,10 +7,13 @@ same card to know the metric and the label vocabulary. Cards live as YAML files 
 a lab can ship its own tasks without touching chatnt.
 
 Templates use two placeholders and nothing else: ``{seq}`` is replaced by the sequence tag
-(``@seq.fna``) and ``{value}`` by the rounded regression target. A card that asks about
+(``@promoter.fna``) and ``{value}`` by the rounded regression target. A card that asks about
 several sequences at once (``num_sequences: 2``) uses ``{seq1}``, ``{seq2}`` instead.
 Train and test question pools never share a question, so a test score also measures how
-well the model copes with phrasings it has not seen (paper, Methods 2.1).
+well the model copes with phrasings it has not seen (paper, Methods 2.1). Tag names work
+the same way: each record draws its tags from a pool of file-like names of its split
+(``TRAIN_TAG_NAMES``, ``TEST_TAG_NAMES``, disjoint), so a model learns to answer with the
+tag the user wrote and a test score is measured on tag names it never saw.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from decimal import ROUND_HALF_UP, Decimal
 from functools import cached_property
 from pathlib import Path
@@ -43,6 +46,71 @@ _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _WHITESPACE = re.compile(r"\s+")
 _NAME = r"^[a-z0-9][a-z0-9_-]*$"
 TAG_SUFFIX = {Modality.DNA: ".fna", Modality.RNA: ".frn", Modality.PROTEIN: ".faa"}
+# The suffixes record tags are drawn with; all are ones ``modality_from_tag`` reads back.
+TAG_SUFFIX_CHOICES = {
+    Modality.DNA: (".fna", ".fa", ".dna"),
+    Modality.RNA: (TAG_SUFFIX[Modality.RNA],),
+    Modality.PROTEIN: (TAG_SUFFIX[Modality.PROTEIN],),
+}
+# File-like tag names (without suffix) for built records. Training records use the first
+# pool, test records the second; the two never share a name, so an evaluation on test
+# records measures answers on tag names the model never saw in training.
+TRAIN_TAG_NAMES = (
+    "seq",
+    "promoter",
+    "region_12",
+    "chr3_10450",
+    "sample_A",
+    "query",
+    "frag7",
+    "enhancer2",
+    "read_881",
+    "locus",
+    "peak_17",
+    "insert",
+    "amplicon",
+    "clone_B4",
+    "my_seq",
+    "gene_x",
+    "contig12",
+    "dna1",
+    "target",
+    "seqA",
+    "seq_2",
+    "chr1_22871",
+    "chrX_5512",
+    "region_b",
+    "sample3",
+    "variant_7",
+    "exon4",
+    "intron_2",
+    "utr5",
+    "element_31",
+    "tile_208",
+    "bin_56",
+    "construct1",
+    "oligo_14",
+    "scaffold_9",
+    "hit_3",
+    "reporter",
+    "mutant_B",
+    "wt_allele",
+    "cds_12",
+)
+TEST_TAG_NAMES = (
+    "s",
+    "x1",
+    "test_seq",
+    "myDNA",
+    "fragment_9",
+    "lambda_region",
+    "site42",
+    "input",
+    "unknown",
+    "candidate3",
+    "probe",
+    "window_5",
+)
 # How two single-sequence questions are joined into one message. Train and test frames
 # differ, like the question pools, so pair prompts at test time are unseen too.
 PAIR_FRAMES = {
@@ -374,6 +442,31 @@ def get_task_card(name_or_path: str, registry: PluginRegistry | None = None) -> 
 # ---- rendering records -------------------------------------------------------------------------
 
 
+def tag_names(split: str) -> tuple[str, ...]:
+    """The tag name pool of a split: ``TRAIN_TAG_NAMES`` for "train", else ``TEST_TAG_NAMES``."""
+    return TRAIN_TAG_NAMES if split == "train" else TEST_TAG_NAMES
+
+
+def tag_stem(tag: str) -> str:
+    """A tag without its suffix: ``chr3_10450.fa`` -> ``chr3_10450``."""
+    return tag.split(".", 1)[0]
+
+
+def draw_tag_name(
+    rng: random.Random, modality: Modality, split: str = "train", taken: Collection[str] = ()
+) -> str:
+    """A file-like tag (``promoter.fna``) from the split's name pool, suffixed by modality.
+
+    DNA tags take one of ``.fna``/``.fa``/``.dna``. ``taken`` holds the tags already used
+    in the record; the new tag never shares a name (suffix aside) with one of them.
+    """
+    used = {tag_stem(tag) for tag in taken}
+    names = [name for name in tag_names(split) if name not in used]
+    if not names:
+        raise ValueError(f"all {len(tag_names(split))} {split} tag names are already taken")
+    return rng.choice(names) + rng.choice(TAG_SUFFIX_CHOICES[modality])
+
+
 class RecordMaker:
     """Renders checked rows as records, with the split's question pool and augmentations."""
 
@@ -389,19 +482,25 @@ class RecordMaker:
         self.pool = card.questions.train if split == "train" else card.questions.test
         self.multi_turn = multi_turn
         self.multi_sequence = multi_sequence if card.num_sequences == 1 else 0.0
-        self.suffix = TAG_SUFFIX[card.modality]
-        self.tags = {p: p + self.suffix for p in card.seq_placeholders}
         self.by_label = {label.name: label.answers for label in card.labels or []}
         self.pending: Checked | None = None
 
-    def _answer(self, label: str | None, value: float | None, tags: dict[str, str]) -> str:
+    def draw_tags(self, placeholders: Iterable[str], taken: Collection[str] = ()) -> dict[str, str]:
+        """Placeholder -> a fresh tag from the split's pool, no two with the same name."""
+        tags: dict[str, str] = {}
+        for placeholder in placeholders:
+            used = [*taken, *tags.values()]
+            tags[placeholder] = draw_tag_name(self.rng, self.card.modality, self.split, used)
+        return tags
+
+    def _answer(self, label: str | None, value: float | None, tags: Mapping[str, str]) -> str:
         if value is not None:
             return fill(
                 self.rng.choice(self.card.answers or []), tags, self.card.format_value(value)
             )
         return fill(self.rng.choice(self.by_label[label or ""]), tags)
 
-    def _sequences(self, tags: dict[str, str], seqs: list[str]) -> list[SequenceRecord]:
+    def _sequences(self, tags: Mapping[str, str], seqs: list[str]) -> list[SequenceRecord]:
         modality = self.card.modality.value
         return [
             SequenceRecord(name=tag, sequence=seq, modality=modality)
@@ -409,10 +508,19 @@ class RecordMaker:
         ]
 
     def single(
-        self, seqs: list[str], label: str | None, value: float | None, turns: int = 1
+        self,
+        seqs: list[str],
+        label: str | None,
+        value: float | None,
+        turns: int = 1,
+        tags: Mapping[str, str] | None = None,
     ) -> InstructionRecord:
-        """One sequence set; ``turns=2`` asks a second, differently worded question about it."""
-        tags = self.tags
+        """One sequence set; ``turns=2`` asks a second, differently worded question about it.
+
+        ``tags`` (placeholder -> tag) names the sequences, e.g. to ask another card's
+        question about a sequence already tagged; by default fresh tags are drawn.
+        """
+        tags = dict(tags) if tags is not None else self.draw_tags(self.card.seq_placeholders)
         questions = self.rng.sample(self.pool, turns) if turns > 1 else [self.rng.choice(self.pool)]
         conversation = [
             TurnRecord(user=fill(q, tags), assistant=self._answer(label, value, tags))
@@ -428,7 +536,8 @@ class RecordMaker:
 
     def pair(self, first: Checked, second: Checked) -> InstructionRecord:
         """Two rows in one message; the answer states both, each naming its own tag."""
-        tags = [{"seq": "seq1" + self.suffix}, {"seq": "seq2" + self.suffix}]
+        first_tags = self.draw_tags(["seq"])
+        tags = [first_tags, self.draw_tags(["seq"], taken=first_tags.values())]
         q1, q2 = (fill(q, t) for q, t in zip(self.rng.sample(self.pool, 2), tags))
         user = self.rng.choice(PAIR_FRAMES[self.split]).replace("{q1}", q1).replace("{q2}", q2)
         answer = " ".join(self._answer(row[1], row[2], t) for row, t in zip((first, second), tags))

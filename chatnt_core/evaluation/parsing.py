@@ -36,9 +36,11 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from chatnt_core.data.tasks import LabelSpec, TaskCard, normalise
-from chatnt_core.prompt import replace_tags
+from chatnt_core.modality import modality_from_tag
+from chatnt_core.prompt import find_tags, replace_tags
 
 SEQ = "{seq}"
 _SEQ_PLACEHOLDER = re.compile(r"\{seq\d*\}")
@@ -401,19 +403,140 @@ def parse_answer(card: TaskCard, text: str) -> ParsedAnswer:
     return _parse_label(card, text)
 
 
+# ---- which card a question belongs to ---------------------------------------------------------
+
+MatchHow = Literal["given", "exact", "similar", "none"]
+MATCH_THRESHOLD = 0.7  # least similarity score for a card to match a question not in its pools
+_MIN_SHARED_WORDS = 2  # content words a similar question shares with the card's closest one
+# Words that say nothing about which task is meant: articles, pronouns, auxiliaries,
+# prepositions, "what"/"who" and requests ("tell me", "please"). "Which", "how", "where"
+# and the like stay: they tell "which factor binds" from "does CTCF bind", "where" from "is".
+_MATCH_STOPWORDS = frozenset(
+    word
+    for line in (
+        "a an the this that these those it its i me my you your we our us they them",
+        "is are was were be been being am do does did done doing have has had having",
+        "can could would will shall should may might must",
+        "of in on at to for from by with within into inside onto along about as than",
+        "and or if whether then so there here what who whom",
+        "please tell give show let know say find see look just also any some anything",
+        "something thanks thank ok okay hi hello hey",
+    )
+    for word in line.split()
+)
+_MATCH_WORD = re.compile(r"[a-z0-9]+")
+# Names (CTCF, REST, GC: written in capitals in some card question) say what a question is
+# about, so "How many CTCF sites" is not the REST count card's "How many REST sites".
+_NAME_WORD = re.compile(r"\b[A-Z][A-Z0-9]+\b")
+_NAME_WEIGHT = 2.0
+
+
+@dataclass(frozen=True)
+class TaskMatch:
+    """The card a question was matched to and how: ``given`` (named by the caller),
+    ``exact`` (the question is in the card's pool, tags aside), ``similar`` (its closest
+    pool question scores ``score`` >= ``MATCH_THRESHOLD``) or ``none`` (``reason`` says why)."""
+
+    card: TaskCard | None
+    how: MatchHow
+    score: float | None = None
+    reason: str = ""
+
+
+def _stem(word: str) -> str:
+    """A crude English stem, enough to equate "sites"/"site" and "binding"/"binds"."""
+    for suffix, keep in (("ies", "y"), ("ing", ""), ("ed", ""), ("s", "")):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            return word[: -len(suffix)] + keep
+    return word
+
+
+def match_words(text: str, is_template: bool = False) -> frozenset[str]:
+    """The content words of a question, tags (or placeholders) removed, stemmed."""
+    text = _SEQ_PLACEHOLDER.sub(" ", text) if is_template else replace_tags(text, " ")
+    text = text.translate(_APOSTROPHES).lower().replace("'s", " ").replace("n't", " not")
+    words = (_stem(w) for w in _MATCH_WORD.findall(text) if w not in _MATCH_STOPWORDS)
+    return frozenset(w for w in words if w not in _MATCH_STOPWORDS)
+
+
 def _question_key(text: str, is_template: bool) -> str:
     text = _SEQ_PLACEHOLDER.sub(SEQ, text) if is_template else replace_tags(text, SEQ)
     return normalise(text)
 
 
-def match_task(question: str, cards: Iterable[TaskCard]) -> TaskCard | None:
-    """The card whose question pool (train or test) holds ``question``, tags aside.
+@dataclass(frozen=True)
+class _CardScore:
+    card: TaskCard
+    score: float  # mean of the closest question's similarity and the card's coverage
+    support: float  # mean similarity of the card's three closest questions (tie-break)
+    shared: int  # content words shared with the closest question
+    same_words: bool  # the closest question has exactly the question's content words
 
-    Tags are compared as ``{seq}`` whatever their names, case and spacing are ignored.
-    Only an exact pool match counts; no match, or a question in two cards' pools, is None.
+
+def _score_cards(words: frozenset[str], cards: Sequence[TaskCard]) -> list[_CardScore]:
+    """Every card scored against the question's content words (IDF-weighted over the cards).
+
+    A card's score is the mean of (a) the weighted Dice overlap with its closest train or
+    test question and (b) the share of the question's word weight the card's questions
+    use at all. A word no card uses weighs most, so "promoter" keeps a question away
+    from cards that never speak of promoters.
     """
+    pools = [
+        [match_words(q, is_template=True) for q in [*c.questions.train, *c.questions.test]]
+        for c in cards
+    ]
+    vocabularies = [frozenset().union(*pool) for pool in pools]
+    names = {
+        _stem(word.lower())
+        for card in cards
+        for q in [*card.questions.train, *card.questions.test]
+        for word in _NAME_WORD.findall(q)
+    }
+    count = len(cards)
+
+    def weight(word: str) -> float:
+        seen = sum(word in vocabulary for vocabulary in vocabularies)
+        return math.log((count + 1) / (seen + 0.5)) * (_NAME_WEIGHT if word in names else 1.0)
+
+    weights = {w: weight(w) for w in words.union(*vocabularies)}
+    total = sum(weights[w] for w in words)
+    scores = []
+    for card, pool, vocabulary in zip(cards, pools, vocabularies):
+        dice = []
+        for other in pool:
+            size = total + sum(weights[w] for w in other)
+            dice.append(2 * sum(weights[w] for w in words & other) / size if size else 0.0)
+        best = max(range(len(pool)), key=lambda i: dice[i])
+        coverage = sum(weights[w] for w in words & vocabulary) / total
+        top = sorted(dice, reverse=True)[:3]
+        scores.append(
+            _CardScore(
+                card,
+                (dice[best] + coverage) / 2,
+                sum(top) / len(top),
+                len(words & pool[best]),
+                pool[best] == words,
+            )
+        )
+    return scores
+
+
+def match_question(question: str, cards: Iterable[TaskCard]) -> TaskMatch:
+    """The card ``question`` asks about, by its train and test question pools.
+
+    Cards of another modality than the question's tag suffixes say are left out. A
+    question in exactly one card's pool (tags, case and spacing aside) is that card.
+    Otherwise cards asking about as many sequences as the question tags are scored by
+    content-word overlap (``_score_cards``); the best card matches when its score reaches
+    ``MATCH_THRESHOLD`` and it shares at least two content words with one of its questions
+    (or exactly the question's words). Equal scores are broken by the mean similarity of
+    each card's three closest questions; a tie that remains is no match (ambiguous).
+    """
+    tags = list(dict.fromkeys(find_tags(question)))
+    said = {modality_from_tag(tag) for tag in tags}
+    cards = [card for card in cards if said <= {None, card.modality}]
     key = _question_key(question, is_template=False)
-    hits = [
+    exact = [
         card
         for card in cards
         if any(
@@ -421,4 +544,41 @@ def match_task(question: str, cards: Iterable[TaskCard]) -> TaskCard | None:
             for q in [*card.questions.train, *card.questions.test]
         )
     ]
-    return hits[0] if len(hits) == 1 else None
+    if len(exact) == 1:
+        return TaskMatch(exact[0], "exact", 1.0)
+    if exact:
+        names = ", ".join(card.name for card in exact)
+        return TaskMatch(None, "none", None, f"the question is in the pools of {names}")
+    if not tags:
+        return TaskMatch(None, "none", None, "the question names no sequence (@tag)")
+    words = match_words(question)
+    if not words:
+        return TaskMatch(None, "none", None, "the question has no content words")
+    candidates = [card for card in cards if card.num_sequences == len(tags)]
+    if not candidates:
+        return TaskMatch(None, "none", None, f"no card asks about {len(tags)} such sequence(s)")
+    ranked = sorted(
+        _score_cards(words, candidates), key=lambda c: (c.score, c.support), reverse=True
+    )
+    best = ranked[0]
+    closest = f"the closest card, '{best.card.name}',"
+    if best.score < MATCH_THRESHOLD:
+        reason = f"{closest} scores {best.score:.2f}, below {MATCH_THRESHOLD}"
+        return TaskMatch(None, "none", best.score, reason)
+    if best.shared < _MIN_SHARED_WORDS and not best.same_words:
+        reason = f"{closest} shares only {best.shared} content word with the question"
+        return TaskMatch(None, "none", best.score, reason)
+    tied = [
+        c
+        for c in ranked
+        if math.isclose(c.score, best.score) and math.isclose(c.support, best.support)
+    ]
+    if len(tied) > 1:
+        names = ", ".join(c.card.name for c in tied)
+        return TaskMatch(None, "none", best.score, f"{names} match equally well")
+    return TaskMatch(best.card, "similar", best.score)
+
+
+def match_task(question: str, cards: Iterable[TaskCard]) -> TaskCard | None:
+    """The card ``question`` belongs to, or None (see ``match_question``)."""
+    return match_question(question, cards).card
