@@ -1,7 +1,8 @@
 """``hf-causal-lm``: any Hugging Face ``AutoModelForCausalLM`` as a chatnt Decoder.
 
-The model is loaded from a directory or hub id (``path``) or built with random weights
-from a config dict (``random_init``). The placeholder string is added to the tokenizer as
+The model is loaded from a directory, a GGUF file (dequantised), a model store name (see
+``chatnt_core.model_store``) or a hub id (``path``), or built with random weights from a
+config dict (``random_init``). The placeholder string is added to the tokenizer as
 one special token; the embedding table is *not* resized, because the core overwrites the
 placeholder rows with projected sequence vectors anyway: ``embed_tokens`` looks the
 placeholder (and any other id past the table) up as the pad token instead.
@@ -27,6 +28,7 @@ from transformers import (
 
 from chatnt_core.errors import ConfigError
 from chatnt_core.interfaces import Decoder, DecoderOutput
+from chatnt_core.model_store import load_gguf_model, resolve_decoder_path
 from chatnt_core.plugins import BuildContext
 from chatnt_hf_decoders.byte_tokenizer import build_byte_tokenizer
 
@@ -41,7 +43,13 @@ class HFCausalLMParams(BaseModel):
 
     path: str | None = Field(
         default=None,
-        description="local model directory (with config.json) or a Hugging Face hub id",
+        description="local model directory (with config.json), a .gguf file, a model store "
+        "name (`chatnt models list`) or a Hugging Face hub id",
+    )
+    gguf_file: str | None = Field(
+        default=None,
+        description="a GGUF file name inside the 'path' directory or hub repo; its weights are "
+        "dequantised to 'dtype' and its tokenizer is used unless 'tokenizer' is given",
     )
     revision: str | None = Field(default=None, description="hub branch, tag or commit for 'path'")
     local_files_only: bool = Field(
@@ -59,8 +67,8 @@ class HFCausalLMParams(BaseModel):
     seed: int = Field(default=0, description="seed for the random_init weights")
     tokenizer: str | None = Field(
         default=None,
-        description="tokenizer directory or hub id, or 'bytes' for the built-in byte-level "
-        "tokenizer; defaults to 'path' (required with random_init)",
+        description="tokenizer directory, .gguf file, model store name or hub id, or 'bytes' "
+        "for the built-in byte-level tokenizer; defaults to 'path' (required with random_init)",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="dtype of the model weights"
@@ -86,7 +94,18 @@ class HFCausalLMParams(BaseModel):
                 raise ValueError(
                     "random_init needs a 'tokenizer': a directory, a hub id or 'bytes'"
                 )
+        if self.gguf_file is not None:
+            if self.path is None:
+                raise ValueError("gguf_file needs 'path': the directory or hub repo holding it")
+            if _is_gguf(self.path):
+                raise ValueError(
+                    "give the GGUF file once: as 'path', or as 'gguf_file' inside 'path'"
+                )
         return self
+
+
+def _is_gguf(reference: str) -> bool:
+    return reference.lower().endswith(".gguf")
 
 
 def _looks_local(reference: str) -> bool:
@@ -100,9 +119,15 @@ def _looks_local(reference: str) -> bool:
 
 
 def _load_error(what: str, reference: str, exc: BaseException | None = None) -> ConfigError:
-    fix = "give a local directory with config.json or a hub id you have cached"
+    fix = (
+        "give a local directory with config.json, a .gguf file, a model store name "
+        "(`chatnt models list`) or a hub id you have cached"
+    )
     if what == "tokenizer":
-        fix = "give a local tokenizer directory, a hub id you have cached, or 'bytes'"
+        fix = (
+            "give a local tokenizer directory, a .gguf file, a model store name, a hub id "
+            "you have cached, or 'bytes'"
+        )
     if exc is None:
         return ConfigError(f"decoder {what} '{reference}' not found: {fix}")
     lines = str(exc).strip().splitlines()
@@ -110,10 +135,26 @@ def _load_error(what: str, reference: str, exc: BaseException | None = None) -> 
     return ConfigError(f"decoder {what} '{reference}' could not be loaded ({reason}): {fix}")
 
 
-def _check_local(what: str, reference: str) -> None:
-    expanded = os.path.expanduser(reference)
-    if _looks_local(reference) and not os.path.isdir(expanded):
+def _locate(what: str, reference: str, gguf_file: str | None) -> tuple[str, str | None]:
+    """``(directory or hub id, GGUF file name or None)`` to load ``reference`` from: a model
+    store name becomes its folder, a path to a .gguf file its directory and file name."""
+    location = os.path.expanduser(resolve_decoder_path(reference))
+    if gguf_file is None and _is_gguf(location):
+        if not os.path.isfile(location):
+            raise _load_error(what, reference)
+        return os.path.dirname(os.path.abspath(location)), os.path.basename(location)
+    if _looks_local(location) and not os.path.isdir(location):
         raise _load_error(what, reference)
+    if (
+        gguf_file is not None
+        and os.path.isdir(location)
+        and not os.path.isfile(os.path.join(location, gguf_file))
+    ):
+        raise ConfigError(
+            f"decoder {what} '{reference}' has no GGUF file '{gguf_file}': give the name of "
+            "a .gguf file in that directory"
+        )
+    return location, gguf_file
 
 
 def load_tokenizer(
@@ -121,17 +162,21 @@ def load_tokenizer(
     revision: str | None = None,
     local_files_only: bool = False,
     trust_remote_code: bool = False,
+    gguf_file: str | None = None,
 ) -> PreTrainedTokenizerBase:
-    """A tokenizer from a directory or hub id, or the built-in one for ``'bytes'``."""
+    """A tokenizer from a directory, GGUF file, store name or hub id, or the built-in one
+    for ``'bytes'``; ``gguf_file`` names a GGUF file inside the ``reference`` directory."""
     if reference == BYTES_TOKENIZER:
         return build_byte_tokenizer()
-    _check_local("tokenizer", reference)
+    location, gguf_name = _locate("tokenizer", reference, gguf_file)
+    options: dict[str, Any] = {} if gguf_name is None else {"gguf_file": gguf_name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            os.path.expanduser(reference),
+            location,
             revision=revision,
             local_files_only=local_files_only,
             trust_remote_code=trust_remote_code,
+            **options,
         )
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error("tokenizer", reference, exc) from exc
@@ -142,15 +187,17 @@ def load_model(params: HFCausalLMParams, tokenizer_size: int) -> PreTrainedModel
     """The causal LM the params describe: pretrained weights or a seeded random init."""
     dtype = _DTYPES[params.dtype]
     if params.path is not None:
-        _check_local("path", params.path)
+        location, gguf_file = _locate("path", params.path, params.gguf_file)
+        options: dict[str, Any] = {
+            "revision": params.revision,
+            "local_files_only": params.local_files_only,
+            "trust_remote_code": params.trust_remote_code,
+        }
         try:
-            model = AutoModelForCausalLM.from_pretrained(
-                os.path.expanduser(params.path),
-                revision=params.revision,
-                local_files_only=params.local_files_only,
-                trust_remote_code=params.trust_remote_code,
-                dtype=dtype,
-            )
+            if gguf_file is not None:
+                model = load_gguf_model(location, gguf_file, dtype, **options)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **options)
         except (OSError, ValueError, KeyError) as exc:
             raise _load_error("path", params.path, exc) from exc
         return model
@@ -272,6 +319,7 @@ class HFCausalLM(Decoder):
             revision=params.revision if same_place else None,
             local_files_only=params.local_files_only,
             trust_remote_code=params.trust_remote_code,
+            gguf_file=params.gguf_file if same_place else None,
         )
         model = load_model(params, tokenizer_size=len(tokenizer))
         return cls(model, tokenizer, params.placeholder_token, params.max_context)
