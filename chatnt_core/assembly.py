@@ -76,6 +76,7 @@ def _build_all(resolved: ResolvedConfig, registry: PluginRegistry) -> Components
             output_dim=decoder.hidden_size,
             num_latents=num_latents,
             question_vocab_size=decoder.tokenizer_size,
+            embedding_rms=embedding_rms(decoder),
         )
         projection = _build(resolved.projections[modality], context, Projection, registry)
         assert isinstance(projection, Projection)
@@ -88,3 +89,13 @@ def _build_all(resolved: ResolvedConfig, registry: PluginRegistry) -> Components
         encoders[modality] = encoder
         projections[modality] = projection
     return Components(encoders, projections, decoder)
+
+
+def embedding_rms(decoder: Decoder) -> float:
+    """RMS of the decoder's token embeddings (the first 4096 ids), the scale projected
+    vectors should have to look like tokens to it."""
+    with torch.no_grad():
+        ids = torch.arange(min(decoder.vocab_size, 4096))[None, :]  # (1, n)
+        device = next(iter(decoder.parameters()), torch.empty(0)).device
+        rows = decoder.embed_tokens(ids.to(device)).float()  # (1, n, D)
+    return float(rows.pow(2).mean().sqrt())

@@ -103,6 +103,8 @@ def tokenize_example(
     marker = decoder.placeholder_token
     occurrences: list[Occurrence] = []
     turns: list[Turn] = []
+    questions: list[list[int]] = []  # the projection's view: tags as one placeholder, no names
+    keep_names = prompt.tag_names == "keep"
     for index, turn in enumerate(example.turns):
         if marker in turn.user:
             raise PromptError(
@@ -110,7 +112,8 @@ def tokenize_example(
                 "refer to sequences with @tags instead"
             )
         occurrences += [Occurrence(tag, index) for tag in find_tags(turn.user)]
-        turns.append(Turn(replace_tags(turn.user, marker), turn.assistant))
+        turns.append(Turn(replace_tags(turn.user, marker, keep_names), turn.assistant))
+        questions.append(decoder.tokenize(replace_tags(turn.user, marker)))
 
     ids: list[int] = []
     labels: list[int] = []
@@ -141,7 +144,6 @@ def tokenize_example(
             f"K={num_latents} of them) but the decoder holds {decoder.max_context}; use fewer "
             "tags or turns, or a smaller num_latents"
         )
-    questions = [decoder.tokenize(turn.user) for turn in turns]
     return TokenizedExample(expanded_ids, expanded_labels, occurrences, questions, bound)
 
 

@@ -61,6 +61,12 @@ class PromptConfig(_Strict):
         "'native': the decoder tokenizer's own chat template",
     )
     system_prompt: str = Field(VICUNA_SYSTEM_PROMPT, description="system message")
+    tag_names: Literal["replace", "keep"] = Field(
+        "replace",
+        description="'replace': each @tag becomes its K sequence vectors (ChatNT); 'keep': "
+        "the decoder also reads the tag's name before its vectors, so answers can name it. "
+        "The projection's question never holds tag names either way.",
+    )
 
 
 class ModelConfig(_Strict):

@@ -163,8 +163,23 @@ class Decoder(nn.Module, ABC):
         position_ids: torch.Tensor,  # (B, T) long
         past_key_values: Any = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> DecoderOutput:
-        """Causal forward on embeddings; returns logits (B, T, V) and the cache."""
+        """Causal forward on embeddings; returns logits (B, T, V) and the cache.
+
+        ``logits_to_keep`` > 0 asks for the logits of the last that many positions only
+        (B, logits_to_keep, V): over a large vocabulary the output layer is a big share of
+        the cost, and training and generation only read the answer positions.
+        """
+
+    def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
+        """A fresh cache holding ``past_key_values`` (batch 1) repeated ``batch_size`` times.
+
+        Lets the core encode a prompt prefix every row shares (the system message) once
+        and reuse it. Decoders that cannot do this raise NotImplementedError, and the core
+        then runs the prefix with each row.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot repeat a cache")
 
     def native_chat_template(
         self, messages: list[dict[str, str]], add_generation_prompt: bool

@@ -32,13 +32,19 @@ from chatnt_core.interfaces import Decoder, Encoder, Projection
 from chatnt_core.merge import merge_sequence_embeddings
 from chatnt_core.modality import Modality
 from chatnt_core.plugins import PluginRegistry
+from chatnt_core.prefix_cache import (
+    PrefixCache,
+    drop_prefix,
+    frozen_columns,
+    shared_prefix_length,
+)
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs
 
 
 @dataclass
 class ModelOutput:
     loss: torch.Tensor | None  # scalar, mean over answer tokens
-    logits: torch.Tensor  # (B, T, V)
+    logits: torch.Tensor  # (B, T_kept, V): from the first position predicting an answer token
 
 
 class ChatNTModel(nn.Module):
@@ -63,6 +69,10 @@ class ChatNTModel(nn.Module):
             for m, slot in self.config.encoders.items()
             if slot.cache_size > 0
         }
+        # Keys and values of the prompt prefix all rows share, reused while the decoder is
+        # frozen (see chatnt_core/prefix_cache.py); switch off to run every row in full.
+        self.use_prefix_cache = True
+        self.prefix_cache = PrefixCache()
 
     @classmethod
     def from_config(
@@ -228,18 +238,67 @@ class ChatNTModel(nn.Module):
             tokens, batch.input_ids, projected, self.decoder.placeholder_token_id
         )
 
+    def _prefix_cacheable(self) -> bool:
+        """The decoder's shared-prefix keys and values can be reused: nothing in it trains."""
+        return not any(p.requires_grad for p in self.decoder.parameters())
+
     def forward(self, batch: ModelBatch) -> ModelOutput:
-        """Teacher-forced pass; the loss counts answer tokens only (labels != IGNORE_INDEX)."""
-        inputs_embeds = self.embed_prompt(batch)
+        """Teacher-forced pass; the loss counts answer tokens only (labels != IGNORE_INDEX).
+
+        Logits are computed from the first position that predicts an answer token on
+        (``ModelOutput.logits`` holds those last positions). With a frozen decoder, the
+        prompt prefix every row shares comes from ``prefix_cache`` instead of being run,
+        and the columns before the first sequence placeholder run without gradient.
+        """
+        inputs_embeds = self.embed_prompt(batch)  # (B, T, D)
+        ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels  # (B, T)
+        frozen = self.use_prefix_cache and self._prefix_cacheable()
+        prefix = 0
+        past = None
+        if frozen:
+            prefix = shared_prefix_length(ids, mask, labels, self.decoder.placeholder_token_id)
+        if prefix > 0:
+            first_real = int((~mask[0]).sum())
+            prefix_ids = ids[0, first_real : first_real + prefix]  # (P,)
+            try:
+                past = self.prefix_cache.repeated(self.decoder, prefix_ids, mask.shape[0])
+            except NotImplementedError:
+                prefix = 0
+        if prefix > 0:
+            inputs_embeds = drop_prefix(inputs_embeds, mask, prefix)  # (B, T - P, D)
+            ids, labels = drop_prefix(ids, mask, prefix), drop_prefix(labels, mask, prefix)
+            mask = drop_prefix(mask, mask, prefix)
+        positions = position_ids_from_mask(mask) + prefix  # (B, T - P)
+        full_mask = torch.cat([mask.new_ones((mask.shape[0], prefix)), mask], dim=1)
+        answers = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()  # columns predicting
+        keep = labels.shape[1] - int(answers[0]) if len(answers) else 0
+        quiet = 0
+        if frozen and inputs_embeds.requires_grad:
+            quiet = frozen_columns(ids, self.decoder.placeholder_token_id, labels.shape[1] - keep)
+        if quiet > 0:
+            with torch.no_grad():
+                past = self.decoder(
+                    inputs_embeds=inputs_embeds[:, :quiet],
+                    attention_mask=full_mask[:, : prefix + quiet],
+                    position_ids=positions[:, :quiet],
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                ).past_key_values
+            inputs_embeds, positions = inputs_embeds[:, quiet:], positions[:, quiet:]
+            labels = labels[:, quiet:]
         out = self.decoder(
             inputs_embeds=inputs_embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=position_ids_from_mask(batch.attention_mask),
+            attention_mask=full_mask,
+            position_ids=positions,
+            past_key_values=past,
+            use_cache=past is not None,
+            logits_to_keep=keep,
         )
-        targets = batch.labels[:, 1:]  # token t predicts token t+1
-        if not bool((targets != IGNORE_INDEX).any()):
+        if keep == 0:
             return ModelOutput(None, out.logits)
-        logits = out.logits[:, :-1]  # (B, T-1, V)
+        logits = out.logits[:, :-1]  # (B, keep - 1, V): position t predicts t + 1
+        targets = labels[:, -keep + 1 :]  # (B, keep - 1)
         loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             targets.reshape(-1),

@@ -67,6 +67,7 @@ class BuildContext:
     output_dim: int | None = None  # D, for projections
     num_latents: int | None = None  # K, for projections
     question_vocab_size: int | None = None  # decoder tokenizer size, for projections
+    embedding_rms: float | None = None  # RMS of the decoder's token embeddings, for projections
 
 
 @dataclass(frozen=True)

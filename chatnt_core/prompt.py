@@ -60,9 +60,10 @@ def find_tags(text: str) -> list[str]:
     return TAG_PATTERN.findall(text)
 
 
-def replace_tags(text: str, replacement: str) -> str:
-    """The text with every tag replaced by ``replacement`` (the placeholder token)."""
-    return TAG_PATTERN.sub(replacement, text)
+def replace_tags(text: str, replacement: str, keep_names: bool = False) -> str:
+    """The text with every tag replaced by ``replacement`` (the placeholder token), or with
+    ``keep_names`` followed by it (``@name`` + replacement)."""
+    return TAG_PATTERN.sub(lambda m: m.group(0) + replacement if keep_names else replacement, text)
 
 
 def as_sequence_inputs(

@@ -69,8 +69,9 @@ def test_update_loss_is_the_mean_over_all_answer_tokens(data: Path, tmp_path: Pa
     batch = collate([trainer.cache.get(d.row) for d in draws], trainer.model.decoder.pad_token_id)
     fresh = make_trainer(data, tmp_path / "fresh")  # same seed: the weights before the step
     with torch.no_grad():
-        logits = fresh.model.eval()(batch).logits[:, :-1]
-    targets = batch.labels[:, 1:]
+        kept = fresh.model.eval()(batch).logits  # the positions from the first answer on
+    logits = kept[:, :-1]
+    targets = batch.labels[:, -kept.shape[1] + 1 :]
     expected = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     assert reported == pytest.approx(float(expected), abs=1e-6)
     assert int((targets != IGNORE_INDEX).sum()) == sum(

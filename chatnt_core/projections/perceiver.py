@@ -94,6 +94,8 @@ class _PerceiverBase(Projection):
         head_dim: int | None,
         ffn_dim: int | None,
         with_question: bool,
+        summary: bool = False,
+        output_rms: float | None = None,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -111,6 +113,17 @@ class _PerceiverBase(Projection):
             )
             for _ in range(num_layers)
         )
+        # Optional: the latents start from the sequence's mean and max over its tokens, so a
+        # site anywhere in the sequence reaches the decoder before attention has learned
+        # where to look (with near-uniform attention at the start, one site among hundreds
+        # of tokens is diluted to nothing).
+        self.summary: nn.Linear | None = (
+            nn.Linear(2 * input_dim, output_dim, bias=False) if summary else None
+        )
+        # Optional: outputs scaled like the decoder's own token embeddings (RMS per vector).
+        self.output_gain: nn.Parameter | None = None
+        if output_rms is not None:
+            self.output_gain = nn.Parameter(torch.full((output_dim,), float(output_rms)))
 
     def _resample(
         self,
@@ -123,9 +136,22 @@ class _PerceiverBase(Projection):
         seq = self.input_proj(seq_embeddings)  # (B, N, D)
         b = seq.shape[0]
         x = self.latents.unsqueeze(0).expand(b, -1, -1)  # (B, K, D)
+        if self.summary is not None:
+            x = x + self.summary(masked_mean_max(seq_embeddings, mask))[:, None, :]
         for layer in self.layers:
             x = layer(x, seq, mask, question, question_mask)  # (B, K, D)
+        if self.output_gain is not None:
+            x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * self.output_gain
         return x
+
+
+def masked_mean_max(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) + (B, N) mask -> (B, 2D): mean and element-wise max over real tokens."""
+    weights = mask.to(embeddings.dtype)[..., None]  # (B, N, 1)
+    mean = (embeddings * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)  # (B, D)
+    lowest = torch.finfo(embeddings.dtype).min
+    peak = embeddings.masked_fill(~mask[..., None], lowest).amax(dim=1)  # (B, D)
+    return torch.cat([mean, peak], dim=-1)
 
 
 class PerceiverResampler(_PerceiverBase):
@@ -143,6 +169,8 @@ class PerceiverResampler(_PerceiverBase):
         num_heads: int = 8,
         head_dim: int | None = None,
         ffn_dim: int | None = None,
+        summary: bool = False,
+        output_rms: float | None = None,
     ) -> None:
         super().__init__(
             input_dim,
@@ -153,6 +181,8 @@ class PerceiverResampler(_PerceiverBase):
             head_dim=head_dim,
             ffn_dim=ffn_dim,
             with_question=False,
+            summary=summary,
+            output_rms=output_rms,
         )
 
     def forward(
@@ -188,6 +218,8 @@ class EnglishAwarePerceiver(_PerceiverBase):
         ffn_dim: int | None = None,
         question_source: QuestionSource = "own",
         question_vocab_size: int | None = None,
+        summary: bool = False,
+        output_rms: float | None = None,
     ) -> None:
         super().__init__(
             input_dim,
@@ -198,6 +230,8 @@ class EnglishAwarePerceiver(_PerceiverBase):
             head_dim=head_dim,
             ffn_dim=ffn_dim,
             with_question=True,
+            summary=summary,
+            output_rms=output_rms,
         )
         self.question_source = question_source
         self.question_table: nn.Embedding | None = None
@@ -258,6 +292,16 @@ class PerceiverParams(BaseModel):
         ge=1,
         description="Hidden width of each layer's MLP; default 4 x decoder width.",
     )
+    summary: bool = Field(
+        default=False,
+        description="Start the latents from a linear map of the sequence's mean and max "
+        "over its tokens (not in ChatNT; lets a small budget read sites at once).",
+    )
+    normalize_output: bool = Field(
+        default=False,
+        description="Scale each output vector to the RMS of the decoder's token embeddings "
+        "(a learned per-channel gain starting there).",
+    )
 
 
 class EnglishAwarePerceiverParams(PerceiverParams):
@@ -281,6 +325,8 @@ def build_perceiver_resampler(params: PerceiverParams, context: BuildContext) ->
         num_heads=params.num_heads,
         head_dim=params.head_dim,
         ffn_dim=params.ffn_dim,
+        summary=params.summary,
+        output_rms=context.embedding_rms or 1.0 if params.normalize_output else None,
     )
 
 
@@ -299,4 +345,6 @@ def build_english_aware_perceiver(
         ffn_dim=params.ffn_dim,
         question_source=params.question_embeddings,
         question_vocab_size=context.question_vocab_size,
+        summary=params.summary,
+        output_rms=context.embedding_rms or 1.0 if params.normalize_output else None,
     )

@@ -122,7 +122,7 @@ class TrainConfig(_Strict):
     save_every: int = Field(500, ge=1, description="updates between checkpoints")
     keep_last: int = Field(3, ge=1, description="checkpoints kept on disk")
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16 autocast on GPU; ignored (fp32) on CPU"
+        "fp32", description="bf16: autocast to bfloat16 (GPU or CPU); weights stay fp32"
     )
     gradient_checkpointing: bool = False
     bucket_by_length: bool = Field(True, description="sort each update by length before cutting")

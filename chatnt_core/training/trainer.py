@@ -137,14 +137,14 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        bf16 = config.precision == "bf16" and torch.cuda.is_available()
+        # bf16 is autocast (weights stay fp32), on GPUs and CPUs alike: on a CPU with
+        # bfloat16 support it runs a frozen decoder's forward and backward about 1.5x faster
+        # (python bench/train_throughput.py --smollm2).
         self.accelerator = Accelerator(
             cpu=multi and not torch.cuda.is_available(),
-            mixed_precision="bf16" if bf16 else "no",
+            mixed_precision="bf16" if config.precision == "bf16" else "no",
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
-        if config.precision == "bf16" and not bf16:
-            self.accelerator.print("precision bf16 needs a GPU; training in fp32 on CPU")
         self.checkpoint = ckpt.Checkpoint.open(resume) if resume is not None else None
         if self.checkpoint is None and ckpt.list_checkpoints(self.output_dir):
             raise ChatNTError(

@@ -22,6 +22,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -363,6 +364,7 @@ class HFCausalLM(Decoder):
         position_ids: torch.Tensor,  # (B, T) long
         past_key_values: Any = None,
         use_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> DecoderOutput:
         output = self.model(
             inputs_embeds=inputs_embeds.to(self.model.dtype),
@@ -370,9 +372,20 @@ class HFCausalLM(Decoder):
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
         )
         cache = output.past_key_values if use_cache else None
         return DecoderOutput(logits=output.logits, past_key_values=cache)
+
+    def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
+        layers = getattr(past_key_values, "layers", None)
+        if layers is None:
+            raise NotImplementedError("only transformers' DynamicCache can be repeated")
+        data = [
+            (layer.keys.expand(batch_size, -1, -1, -1), layer.values.expand(batch_size, -1, -1, -1))
+            for layer in layers
+        ]
+        return DynamicCache(data, config=self.model.config)
 
 
 def build_hf_causal_lm(params: HFCausalLMParams, context: BuildContext) -> HFCausalLM:
