@@ -145,20 +145,35 @@ def quickstart(
     out: Annotated[Path, typer.Option(help="where data, checkpoint and report go")] = Path(
         "runs/quickstart"
     ),
-    steps: Annotated[int, typer.Option(min=1, help="training updates")] = 4500,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="train a tiny byte-level decoder from random weights instead of using the "
+            "frozen pretrained SmolLM2 (no download)",
+        ),
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="training updates (default: the config's)")
+    ] = None,
     warmup_steps: Annotated[
-        int, typer.Option(min=1, help="encoder warm-up updates before the training")
-    ] = 800,
+        int | None,
+        typer.Option(min=1, help="encoder warm-up updates (default: the config's)"),
+    ] = None,
     train_size: Annotated[int, typer.Option(min=10, help="demo training examples per task")] = 2000,
     test_size: Annotated[int, typer.Option(min=10, help="demo test examples per task")] = 200,
     eval_per_task: Annotated[int, typer.Option(min=10, help="examples scored per task")] = 200,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Demo data -> train from scratch -> calibrate -> evaluate -> example chats (offline, CPU)."""
+    """Demo data -> train -> calibrate -> evaluate -> checks and example chats (offline, CPU).
+
+    By default a frozen pretrained LLM (SmolLM2-135M-Instruct, fetched once into the model
+    store) learns to read DNA through a trained English-aware Perceiver.
+    """
     from chatnt_core.quickstart import QuickstartSettings, run_quickstart
 
     settings = QuickstartSettings(
-        out, steps, warmup_steps, train_size, test_size, eval_per_task, seed
+        out, steps, warmup_steps, train_size, test_size, eval_per_task, seed, from_scratch
     )
     if (out / "run").exists():
         raise ChatNTError(f"{out}/run already exists: pass another --out or remove it")

@@ -73,6 +73,9 @@ class ChatNTModel(nn.Module):
         # frozen (see chatnt_core/prefix_cache.py); switch off to run every row in full.
         self.use_prefix_cache = True
         self.prefix_cache = PrefixCache()
+        # Logits only from the first position that predicts an answer token; off computes
+        # them at every position (bench/train_throughput.py measures the difference).
+        self.answer_logits_only = True
 
     @classmethod
     def from_config(
@@ -271,10 +274,12 @@ class ChatNTModel(nn.Module):
         positions = position_ids_from_mask(mask) + prefix  # (B, T - P)
         full_mask = torch.cat([mask.new_ones((mask.shape[0], prefix)), mask], dim=1)
         answers = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()  # columns predicting
-        keep = labels.shape[1] - int(answers[0]) if len(answers) else 0
+        first_answer = int(answers[0]) if len(answers) else labels.shape[1]
+        keep = labels.shape[1] - first_answer if self.answer_logits_only else labels.shape[1]
+        keep = keep if len(answers) else 0
         quiet = 0
         if frozen and inputs_embeds.requires_grad:
-            quiet = frozen_columns(ids, self.decoder.placeholder_token_id, labels.shape[1] - keep)
+            quiet = frozen_columns(ids, self.decoder.placeholder_token_id, first_answer)
         if quiet > 0:
             with torch.no_grad():
                 past = self.decoder(
@@ -287,6 +292,7 @@ class ChatNTModel(nn.Module):
                 ).past_key_values
             inputs_embeds, positions = inputs_embeds[:, quiet:], positions[:, quiet:]
             labels = labels[:, quiet:]
+            keep = min(keep, labels.shape[1])
         out = self.decoder(
             inputs_embeds=inputs_embeds,
             attention_mask=full_mask,

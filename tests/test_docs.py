@@ -300,6 +300,7 @@ def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         main(
             [
                 "quickstart",
+                "--from-scratch",
                 "--out",
                 str(out),
                 "--steps",

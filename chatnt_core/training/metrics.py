@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -88,12 +89,18 @@ class MetricsLogger:
 
 
 class ProgressBar:
-    """Loss, tokens/s and ETA on a terminal; a no-op otherwise (CI logs, tests, ranks > 0)."""
+    """Loss, tokens/s and ETA: a live bar on a terminal, one plain line per logged row when
+    stderr is a file or pipe (so a redirected run is never silent); nothing when disabled
+    (tests, ranks > 0)."""
 
     def __init__(
         self, enabled: bool, total: int, completed: int, unit: str, label: str = "train"
     ) -> None:
         self.progress: Progress | None = None
+        self.plain = enabled and not sys.stderr.isatty()
+        self.total, self.unit, self.label = total, unit, label
+        self.started = time.perf_counter()
+        self.start_completed = completed
         if not (enabled and sys.stderr.isatty()):
             return
         self.progress = Progress(
@@ -123,6 +130,8 @@ class ProgressBar:
             self.progress.stop()
 
     def update(self, completed: int, loss: float | None, tokens_per_s: float | None) -> None:
+        if self.plain and loss is not None:
+            self._print_line(completed, loss, tokens_per_s)
         if self.progress is None:
             return
         fields: dict[str, Any] = {"completed": completed}
@@ -131,3 +140,22 @@ class ProgressBar:
         if tokens_per_s is not None:
             fields["speed"] = f"{tokens_per_s:,.0f}"
         self.progress.update(self.task, **fields)
+
+    def _print_line(self, completed: int, loss: float, tokens_per_s: float | None) -> None:
+        elapsed = time.perf_counter() - self.started
+        done = completed - self.start_completed
+        eta = elapsed / done * (self.total - completed) if done > 0 else float("nan")
+        speed = f", {tokens_per_s:,.0f} tok/s" if tokens_per_s is not None else ""
+        print(
+            f"{self.label} {completed}/{self.total} {self.unit}, loss {loss:.4f}{speed}, "
+            f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no rate yet
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"

@@ -137,9 +137,9 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        # bf16 is autocast (weights stay fp32), on GPUs and CPUs alike: on a CPU with
-        # bfloat16 support it runs a frozen decoder's forward and backward about 1.5x faster
-        # (python bench/train_throughput.py --smollm2).
+        # bf16 is autocast (weights stay fp32), on GPUs and CPUs alike. Only CPUs with native
+        # bfloat16 (AVX512-BF16, AMX) gain from it; on others it is many times slower
+        # (python bench/train_throughput.py --smollm2 measures both).
         self.accelerator = Accelerator(
             cpu=multi and not torch.cuda.is_available(),
             mixed_precision="bf16" if config.precision == "bf16" else "no",

@@ -10,6 +10,7 @@ placeholder (and any other id past the table) up as the pad token instead.
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Sequence
@@ -307,6 +308,9 @@ class HFCausalLM(Decoder):
                 "the decoder config has no max_position_embeddings: set params.max_context"
             )
         self.max_context = max_context
+        # transformers 5.x renamed the cache argument (the old name warns on every call)
+        forward_params = inspect.signature(model.forward).parameters
+        self._cache_argument = "cache" if "cache" in forward_params else "past_key_values"
         self.model.eval()
 
     @classmethod
@@ -370,11 +374,11 @@ class HFCausalLM(Decoder):
             inputs_embeds=inputs_embeds.to(self.model.dtype),
             attention_mask=attention_mask.long(),
             position_ids=position_ids,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
+            **{self._cache_argument: past_key_values},
         )
-        cache = output.past_key_values if use_cache else None
+        cache = getattr(output, "past_key_values", None) if use_cache else None
         return DecoderOutput(logits=output.logits, past_key_values=cache)
 
     def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
