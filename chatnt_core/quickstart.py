@@ -223,6 +223,7 @@ def _behaviour(
         [r["sequences"][0]["sequence"] for r in records],
         names,
         task="demo-ctcf-site",
+        max_new_tokens=recipe.max_new_tokens,
     )
     values["same label under 5 tag names"] = invariance.same_label
     values["P(yes) within 0.1 under 5 tag names"] = invariance.probability_within
@@ -232,7 +233,7 @@ def _behaviour(
         (pairs_from[i]["sequences"][0]["sequence"], pairs_from[i + 1]["sequences"][0]["sequence"])
         for i in range(0, min(len(pairs_from) - 1, 16), 2)
     ]
-    chat = long_chat(bot, pairs, LONG_CHAT, ("sample_1.fna", "sample_2.fna"))
+    chat = long_chat(bot, pairs, LONG_CHAT, ("sample_1.fna", "sample_2.fna"), recipe.max_new_tokens)
     values["turn 1 parses"] = chat.first_parseable
     values["turn 6 parses"] = chat.last_parseable
     values["turn 6 parses and agrees with turn 1"] = chat.last_agrees

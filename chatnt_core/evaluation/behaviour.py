@@ -45,6 +45,7 @@ def tag_invariance(
     task: str,
     tolerance: float = 0.1,
     batch_size: int = 32,
+    max_new_tokens: int = 48,
 ) -> TagInvariance:
     """Ask ``questions[i]`` (one tag) about ``sequences[i]`` under every tag name."""
     prompts: list[str] = []
@@ -56,7 +57,10 @@ def tag_invariance(
     answers = []
     for start in range(0, len(prompts), batch_size):
         answers += bot.ask_batch(
-            prompts[start : start + batch_size], bindings[start : start + batch_size], task=task
+            prompts[start : start + batch_size],
+            bindings[start : start + batch_size],
+            task=task,
+            max_new_tokens=max_new_tokens,
         )
     width = len(names)
     same = within = 0
@@ -131,6 +135,7 @@ def long_chat(
     pairs: Sequence[tuple[str, str]],
     script: Sequence[tuple[str, str]],
     names: tuple[str, str],
+    max_new_tokens: int = 48,
 ) -> LongChat:
     """Run ``script`` (question with ``{a}``/``{b}``, task) over each pair of sequences.
 
@@ -141,7 +146,7 @@ def long_chat(
     transcript: list[tuple[str, str]] = []
     tags = {"a": "@" + names[0], "b": "@" + names[1]}
     for k, (seq_a, seq_b) in enumerate(pairs):
-        chat = bot.chat()
+        chat = bot.chat(max_new_tokens=max_new_tokens)
         bound: dict[str, str] = {names[0]: seq_a, names[1]: seq_b}
         answers = []
         for template, task in script:
