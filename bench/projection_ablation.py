@@ -18,10 +18,9 @@ set up (decoder load + encoder warm-up) and to train. Everything also goes to
 ``--out/ablation.json``; each variant's checkpoint and evaluation report stay under
 ``--out/<variant>/``.
 
-The base training config: ``--config YAML``, else ``registry/training/quickstart.yaml`` when
-its projection is the English-aware Perceiver (the SmolLM2 recipe), else the built-in
-``DEFAULT_CONFIG`` below (the same recipe: frozen SmolLM2-135M-Instruct from the model
-store, motif-cnn encoder, English-aware Perceiver K = 8, 800 warm-up updates, fp32). Its
+The base training config: ``--config YAML``, else ``registry/training/quickstart.yaml`` (the
+SmolLM2 recipe: frozen SmolLM2-135M-Instruct from the model store, motif-cnn encoder,
+English-aware Perceiver K = 8, 800 warm-up updates, fp32). Its
 ``data``, ``output_dir`` and ``max_steps`` are replaced (a decaying schedule decays over
 ``--steps``): the data is ``--data DIR`` or demo data written to ``--out/data``
 (``--train-size``/``--test-size`` records per task, seed 0).
@@ -61,53 +60,6 @@ PAPER_REFERENCE = (
 VARIANTS = ("english-aware-perceiver", "perceiver-resampler", "mlp")
 MLP_PARAMS: dict[str, Any] = {"pooling": "mean_max", "normalize_output": True}
 
-# Used when registry/training/quickstart.yaml has no English-aware Perceiver: the SmolLM2
-# recipe (fp32: bf16 autocast is far slower on CPUs without native bfloat16, see
-# python bench/train_throughput.py --smollm2).
-DEFAULT_CONFIG: dict[str, Any] = {
-    "model": {
-        "name": "smollm2-projection-ablation",
-        "num_latents": 8,
-        "encoders": {
-            "dna": {
-                "name": "motif-cnn",
-                "params": {
-                    "hidden_size": 64,
-                    "kernel_size": 19,
-                    "both_strands": True,
-                    "max_tokens": 100000,
-                },
-                "trainable": True,
-                "projection": {
-                    "name": "english-aware-perceiver",
-                    "params": {
-                        "num_layers": 1,
-                        "num_heads": 8,
-                        "head_dim": 32,
-                        "ffn_dim": 1024,
-                        "question_embeddings": "decoder",
-                        "summary": True,
-                        "normalize_output": True,
-                    },
-                },
-            }
-        },
-        "decoder": {
-            "name": "hf-causal-lm",
-            "params": {"path": "smollm2-135m-instruct"},
-            "trainable": False,
-        },
-        "prompt": {"template": "native", "system_prompt": "", "tag_names": "keep"},
-    },
-    "optimizer": {"lr": 2.0e-3},
-    "schedule": {"name": "cosine", "warmup_steps": 10, "min_lr_ratio": 0.1},
-    "lr_scale": {"encoders": 0.0},
-    "encoder_warmup": {"steps": 800, "batch_size": 16},
-    "samples_per_update": 16,
-    "micro_batch_size": 4,
-    "precision": "fp32",
-}
-
 
 def read_config(path: Path) -> dict[str, Any]:
     """A training YAML as a dict, with a model given by name or path inlined."""
@@ -121,17 +73,9 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def base_config(path: str | None) -> tuple[str, dict[str, Any]]:
-    """(where it came from, the training config): ``path``, else the shipped quickstart when
-    its projection is the English-aware Perceiver, else ``DEFAULT_CONFIG``."""
-    if path is not None:
-        return path, read_config(Path(path))
-    shipped = training_preset_path("quickstart")
-    if shipped.is_file():
-        config = read_config(shipped)
-        slot = config["model"].get("encoders", {}).get("dna", {})
-        if (slot.get("projection") or {}).get("name") == "english-aware-perceiver":
-            return str(shipped), config
-    return "built-in", copy.deepcopy(DEFAULT_CONFIG)
+    """(where it came from, the training config): ``path``, else the shipped quickstart."""
+    source = Path(path) if path is not None else training_preset_path("quickstart")
+    return str(source), read_config(source)
 
 
 def projection_for(variant: str, base: dict[str, Any]) -> dict[str, Any]:

@@ -163,34 +163,16 @@ BF16_TOLERANCE = 0.02  # largest relative first-loss difference accepted for bf1
 def smollm2_model(decoder: str) -> dict[str, Any]:
     """The quickstart's SmolLM2 assembly (registry/training/quickstart.yaml) with ``decoder``
     (a model store name or a local directory)."""
-    perceiver = {
-        "num_layers": 1,
-        "num_heads": 8,
-        "head_dim": 32,
-        "ffn_dim": 1024,
-        "question_embeddings": "decoder",
-        "summary": True,
-        "normalize_output": True,
-    }
-    return {
-        "name": "smollm2-bench",
-        "num_latents": 8,
-        "encoders": {
-            "dna": {
-                "name": "motif-cnn",
-                "params": {
-                    "hidden_size": 64,
-                    "kernel_size": 19,
-                    "both_strands": True,
-                    "max_tokens": 100000,
-                },
-                "trainable": True,
-                "projection": {"name": "english-aware-perceiver", "params": perceiver},
-            }
-        },
-        "decoder": {"name": "hf-causal-lm", "params": {"path": decoder}, "trainable": False},
-        "prompt": {"template": "native", "system_prompt": "", "tag_names": "keep"},
-    }
+    import copy
+
+    import yaml
+
+    from chatnt_core.training.config import training_preset_path
+
+    config = yaml.safe_load(training_preset_path("quickstart").read_text(encoding="utf-8"))
+    model: dict[str, Any] = copy.deepcopy(config["model"])
+    model["decoder"]["params"] = {"path": decoder}
+    return model
 
 
 @dataclass(frozen=True)
