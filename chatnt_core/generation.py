@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
 from chatnt_core.errors import PromptTooLongError
 
@@ -78,14 +79,19 @@ def generate_ids(
     produced: list[torch.Tensor] = []
     past = None
     step_embeds = embeds
+    # gated LoRA adapters act from each row's first placeholder on (chatnt_core/adapter_gate.py)
+    gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
+    new_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
     for _ in range(max_new):
         positions = position_ids_from_mask(mask)
         if config.use_cache:
             positions = positions[:, -step_embeds.shape[1] :]
-            out = decoder(step_embeds, mask, positions, past_key_values=past, use_cache=True)
+            with adapters_gated(decoder, gate[:, -step_embeds.shape[1] :]):
+                out = decoder(step_embeds, mask, positions, past_key_values=past, use_cache=True)
             past = out.past_key_values
         else:
-            out = decoder(embeds, mask, positions)
+            with adapters_gated(decoder, gate):
+                out = decoder(embeds, mask, positions)
         token = _next_tokens(out.logits[:, -1], config.temperature, generator)  # (B,)
         token = torch.where(finished, torch.full_like(token, decoder.pad_token_id), token)
         produced.append(token)
@@ -96,6 +102,7 @@ def generate_ids(
         if not config.use_cache:
             embeds = torch.cat([embeds, step_embeds.to(embeds.dtype)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        gate = torch.cat([gate, new_gate], dim=1)
 
     tokens = torch.stack(produced, dim=1).tolist() if produced else [[] for _ in range(rows)]
     stop_set = set(stops.tolist())

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from chatnt_core.adapter_gate import adapters_gated, gate_of, placeholder_gate
 from chatnt_core.assembly import build_components
 from chatnt_core.batching import (
     IGNORE_INDEX,
@@ -242,8 +243,11 @@ class ChatNTModel(nn.Module):
         )
 
     def _prefix_cacheable(self) -> bool:
-        """The decoder's shared-prefix keys and values can be reused: nothing in it trains."""
-        return not any(p.requires_grad for p in self.decoder.parameters())
+        """The shared prefix's keys and values can be reused: nothing that acts on it trains
+        (the decoder is frozen, or only its gated adapters train, which are off before the
+        first sequence placeholder)."""
+        trains = any(p.requires_grad for p in self.decoder.parameters())
+        return not trains or gate_of(self.decoder) is not None
 
     def forward(self, batch: ModelBatch) -> ModelOutput:
         """Teacher-forced pass; the loss counts answer tokens only (labels != IGNORE_INDEX).
@@ -281,7 +285,8 @@ class ChatNTModel(nn.Module):
         if frozen and inputs_embeds.requires_grad:
             quiet = frozen_columns(ids, self.decoder.placeholder_token_id, first_answer)
         if quiet > 0:
-            with torch.no_grad():
+            # no placeholder in these columns: gated adapters are off there
+            with torch.no_grad(), adapters_gated(self.decoder, None):
                 past = self.decoder(
                     inputs_embeds=inputs_embeds[:, :quiet],
                     attention_mask=full_mask[:, : prefix + quiet],
@@ -291,16 +296,20 @@ class ChatNTModel(nn.Module):
                     logits_to_keep=1,
                 ).past_key_values
             inputs_embeds, positions = inputs_embeds[:, quiet:], positions[:, quiet:]
-            labels = labels[:, quiet:]
+            ids, labels = ids[:, quiet:], labels[:, quiet:]
             keep = min(keep, labels.shape[1])
-        out = self.decoder(
-            inputs_embeds=inputs_embeds,
-            attention_mask=full_mask,
-            position_ids=positions,
-            past_key_values=past,
-            use_cache=past is not None,
-            logits_to_keep=keep,
-        )
+        # dropped prefix and quiet columns hold no placeholder, so the gate of what is left
+        # is computed from what is left
+        gate = placeholder_gate(ids, self.decoder.placeholder_token_id).to(inputs_embeds.device)
+        with adapters_gated(self.decoder, gate):
+            out = self.decoder(
+                inputs_embeds=inputs_embeds,
+                attention_mask=full_mask,
+                position_ids=positions,
+                past_key_values=past,
+                use_cache=past is not None,
+                logits_to_keep=keep,
+            )
         if keep == 0:
             return ModelOutput(None, out.logits)
         logits = out.logits[:, :-1]  # (B, keep - 1, V): position t predicts t + 1

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import Example, ModelBatch, position_ids_from_mask, tokenize_example
 from chatnt_core.errors import PromptError
 from chatnt_core.prompt import Turn
@@ -207,8 +208,11 @@ def score_candidates(
 
     embeds = model.embed_prompt(batch, cache)  # (B, T, D)
     prompt_mask = batch.attention_mask  # (B, T)
-    out = decoder(embeds, prompt_mask, position_ids_from_mask(prompt_mask), use_cache=True)
+    placeholder = decoder.placeholder_token_id
+    with adapters_gated(decoder, placeholder_gate(batch.input_ids, placeholder)):
+        out = decoder(embeds, prompt_mask, position_ids_from_mask(prompt_mask), use_cache=True)
     past = out.past_key_values
+    answer_gate = row_gate(batch.input_ids, placeholder)  # (B, 1): gate of answer tokens
     # The last prompt position predicts every candidate's first token.
     first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
     prompt_length = prompt_mask.sum(dim=-1)  # (B,) position of the first answer token
@@ -231,13 +235,14 @@ def score_candidates(
             attention = torch.cat([prompt_mask[index], chunk_mask[:, : width - 1]], dim=1)
             offsets = torch.arange(width - 1, device=device)
             positions = prompt_length[index, None] + offsets  # (r, w-1)
-            step_out = decoder(
-                decoder.embed_tokens(fed),  # (r, w-1, D)
-                attention,  # (r, T + w-1)
-                positions,
-                past_key_values=select_cache_rows(past, index),
-                use_cache=True,
-            )
+            with adapters_gated(decoder, answer_gate[index]):
+                step_out = decoder(
+                    decoder.embed_tokens(fed),  # (r, w-1, D)
+                    attention,  # (r, T + w-1)
+                    positions,
+                    past_key_values=select_cache_rows(past, index),
+                    use_cache=True,
+                )
             log_probs = F.log_softmax(step_out.logits.float(), dim=-1)  # (r, w-1, V)
             chunk[:, 1:width] = _gather(log_probs, chunk_ids[:, 1:width])
     scores = scores.masked_fill(~mask, 0.0)
@@ -274,11 +279,13 @@ def score_candidates_naive(
             for e, (p, _) in zip(full, group)
         ]
         batch = model.tokenize(full).to(device)
-        logits = model.decoder(
-            model.embed_prompt(batch, cache),
-            batch.attention_mask,
-            position_ids_from_mask(batch.attention_mask),
-        ).logits  # (b, T, V)
+        gate = placeholder_gate(batch.input_ids, model.decoder.placeholder_token_id)
+        with adapters_gated(model.decoder, gate):
+            logits = model.decoder(
+                model.embed_prompt(batch, cache),
+                batch.attention_mask,
+                position_ids_from_mask(batch.attention_mask),
+            ).logits  # (b, T, V)
         log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)  # (b, T-1, V)
         # Placeholder ids may lie past the vocabulary; they are prompt tokens, dropped below.
         targets = batch.input_ids[:, 1:].clamp(max=log_probs.shape[-1] - 1)  # (b, T-1)

@@ -55,6 +55,12 @@ class LoraSettings(_Strict):
         min_length=1,
         description="module names to adapt, e.g. q_proj, k_proj, v_proj, o_proj",
     )
+    active_from: Literal["first_sequence", "start"] = Field(
+        "first_sequence",
+        description="where the adapters act: 'first_sequence' - only at and after a row's "
+        "first sequence placeholder, so a conversation without a sequence runs the bare "
+        "decoder exactly (its English is kept); 'start' - everywhere",
+    )
 
 
 class DataConfig(_Strict):

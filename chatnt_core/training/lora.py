@@ -10,6 +10,7 @@ import warnings
 
 from torch import nn
 
+from chatnt_core.adapter_gate import AdapterGate
 from chatnt_core.errors import ConfigError
 from chatnt_core.training.config import LoraSettings
 
@@ -18,7 +19,9 @@ def apply_lora(decoder: nn.Module, settings: LoraSettings) -> None:
     """Wrap ``decoder.model`` (a Hugging Face model) with LoRA adapters, in place.
 
     The base weights are frozen by ``peft``; only the adapters train. Nothing of the base
-    decoder is saved in checkpoints, which reference it through the model config.
+    decoder is saved in checkpoints, which reference it through the model config. With
+    ``active_from: first_sequence`` the adapters get a gate (``chatnt_core/adapter_gate.py``)
+    that switches them on only from a row's first sequence placeholder.
     """
     from peft import LoraConfig, get_peft_model
     from transformers import PreTrainedModel
@@ -51,3 +54,8 @@ def apply_lora(decoder: nn.Module, settings: LoraSettings) -> None:
             "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
         )
         decoder.model = get_peft_model(inner, config)
+    if settings.active_from == "first_sequence":
+        gate = AdapterGate()
+        if gate.attach(decoder.model) == 0:
+            raise ConfigError("lora: peft created no lora_B modules to gate; check target_modules")
+        object.__setattr__(decoder, "adapter_gate", gate)  # not a submodule: no weights
