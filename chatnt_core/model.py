@@ -46,6 +46,7 @@ from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs
 class ModelOutput:
     loss: torch.Tensor | None  # scalar, mean over answer tokens
     logits: torch.Tensor  # (B, T_kept, V): from the first position predicting an answer token
+    projected: torch.Tensor | None = None  # (O, K, D) the vectors of every tag occurrence
 
 
 class ChatNTModel(nn.Module):
@@ -257,7 +258,11 @@ class ChatNTModel(nn.Module):
         prompt prefix every row shares comes from ``prefix_cache`` instead of being run,
         and the columns before the first sequence placeholder run without gradient.
         """
-        inputs_embeds = self.embed_prompt(batch)  # (B, T, D)
+        tokens = self.decoder.embed_tokens(batch.input_ids)  # (B, T, D)
+        projected = self.project_occurrences(batch)  # (O, K, D)
+        inputs_embeds = merge_sequence_embeddings(
+            tokens, batch.input_ids, projected, self.decoder.placeholder_token_id
+        )  # (B, T, D)
         ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels  # (B, T)
         frozen = self.use_prefix_cache and self._prefix_cacheable()
         prefix = 0
@@ -311,7 +316,7 @@ class ChatNTModel(nn.Module):
                 logits_to_keep=keep,
             )
         if keep == 0:
-            return ModelOutput(None, out.logits)
+            return ModelOutput(None, out.logits, projected)
         logits = out.logits[:, :-1]  # (B, keep - 1, V): position t predicts t + 1
         targets = labels[:, -keep + 1 :]  # (B, keep - 1)
         loss = F.cross_entropy(
@@ -319,7 +324,7 @@ class ChatNTModel(nn.Module):
             targets.reshape(-1),
             ignore_index=IGNORE_INDEX,
         )
-        return ModelOutput(loss, out.logits)
+        return ModelOutput(loss, out.logits, projected)
 
     def generate(
         self,

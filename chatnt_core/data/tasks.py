@@ -144,6 +144,13 @@ class LabelSpec(_Strict):
     answers: list[str] = Field(min_length=1)
     synonyms: list[str] = Field(default_factory=list)
     positive: bool = False
+    anchor: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the word label anchors teach the projection to spell for this class "
+        "(default: the first word all its answers share if it tells the labels apart, "
+        "else the name; chatnt_core/training/anchors.py)",
+    )
 
 
 class ValueSpec(_Strict):

@@ -124,8 +124,8 @@ class _PerceiverBase(Projection):
         # sequences apart is how far a channel's peak lies from its usual value, which is a
         # small shift on top of a large constant (measured: ~12% of the summary's size, and
         # ~2% of the outputs' once the constant latents and layers are added).
-        self.summary_norm: nn.BatchNorm1d | None = (
-            nn.BatchNorm1d(2 * input_dim, affine=False) if summary else None
+        self.summary_norm: RunningStandardize | None = (
+            RunningStandardize(2 * input_dim) if summary else None
         )
         # Optional: outputs scaled like the decoder's own token embeddings (RMS per vector).
         self.output_gain: nn.Parameter | None = None
@@ -151,6 +151,38 @@ class _PerceiverBase(Projection):
         if self.output_gain is not None:
             x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * self.output_gain
         return x
+
+
+class RunningStandardize(nn.Module):
+    """Per-channel standardisation with running statistics, updated in training mode.
+
+    Unlike batch normalisation it always divides by the running statistics (a batch of one
+    sequence is fine, and training and inference see the same map); the first batches set
+    them as a plain average (momentum 1/n), later ones as a moving average (``momentum``).
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    batches: torch.Tensor
+
+    def __init__(self, dim: int, momentum: float = 0.01, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C) -> (B, C)
+        if self.training:
+            with torch.no_grad():
+                flat = x.detach().float()
+                self.batches += 1
+                rate = max(1.0 / float(self.batches), self.momentum)
+                self.mean.lerp_(flat.mean(dim=0), rate)
+                var = flat.var(dim=0, unbiased=False) if flat.shape[0] > 1 else self.var
+                self.var.lerp_(var, rate)
+        return (x - self.mean) * torch.rsqrt(self.var + self.eps)
 
 
 def masked_mean_max(embeddings: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -86,6 +86,24 @@ class EncoderWarmupConfig(BaseModel):
     )
 
 
+class LabelAnchorsConfig(BaseModel):
+    """``label_anchors:`` of a training config (see ``chatnt_core/training/anchors.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warmup_steps: int = Field(
+        0, ge=0, description="projection-only updates on the anchor loss before the chat training"
+    )
+    batch_size: int = Field(32, ge=1, description="sequences per warm-up update")
+    lr: float = Field(4e-3, gt=0, description="Adam learning rate of the warm-up")
+    weight: float = Field(
+        1.0, ge=0, description="weight of the anchor loss added to the chat loss (0: warm-up only)"
+    )
+    max_per_task: int = Field(
+        5000, ge=1, description="training records per task the warm-up draws from"
+    )
+
+
 class TrainConfig(_Strict):
     """A training run. See docs/training.md for each field."""
 
@@ -106,6 +124,12 @@ class TrainConfig(_Strict):
         description="train the encoders on the training labels through linear probes "
         "before the chat training (chatnt_core/training/warmup.py); for encoders trained "
         "from scratch",
+    )
+    label_anchors: LabelAnchorsConfig | None = Field(
+        None,
+        description="teach the projections to spell each answer's label in the decoder's "
+        "own token embeddings (chatnt_core/training/anchors.py): a warm-up, then a weighted "
+        "loss during the chat training",
     )
     tokens_per_update: int | None = Field(
         None,

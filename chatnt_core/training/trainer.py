@@ -31,6 +31,7 @@ from chatnt_core.config import ResolvedConfig, load_config, parse_config, resolv
 from chatnt_core.errors import ChatNTError, ConfigError
 from chatnt_core.interfaces import Encoder
 from chatnt_core.model import ChatNTModel
+from chatnt_core.training import anchors
 from chatnt_core.training import checkpoint as ckpt
 from chatnt_core.training.config import EncoderWarmupConfig, ScheduleConfig, TrainConfig
 from chatnt_core.training.data import ExampleCache, TrainingData, answer_tokens
@@ -96,6 +97,18 @@ def build_model(config: TrainConfig, resolved: ResolvedConfig) -> ChatNTModel:
     return model
 
 
+def _anchor_cards(config: TrainConfig) -> dict[str, Any]:
+    """Task cards the label anchors read (all registered ones, or the config's tasks)."""
+    from chatnt_core.data.tasks import load_task_cards
+
+    if config.label_anchors is None:
+        return {}
+    cards = load_task_cards()
+    if config.data.tasks is not None:
+        cards = {name: card for name, card in cards.items() if name in config.data.tasks}
+    return dict(cards)
+
+
 def set_train_mode(model: ChatNTModel, gradient_checkpointing: bool) -> None:
     """Train mode for parts that learn; frozen parts stay in eval mode (no dropout), except a
     checkpointed decoder, which Hugging Face only checkpoints in train mode."""
@@ -159,6 +172,12 @@ class Trainer:
         self.cache = ExampleCache(self.data, self.model)
         if config.encoder_warmup is not None and self.checkpoint is None:
             self._warm_up_encoders(config.encoder_warmup)  # a resumed run has its result
+        self.anchor_cards = _anchor_cards(config)
+        self.anchor_table: torch.Tensor | None = None
+        self.anchor_rows: dict[int, list[int] | None] = {}  # global row -> K anchor tokens
+        anchor_warmup = config.label_anchors.warmup_steps if config.label_anchors else 0
+        if anchor_warmup > 0 and self.checkpoint is None:
+            self._warm_up_projections()
         self.step = 0
         self.samples_seen = 0
         self.tokens_seen = 0
@@ -226,6 +245,65 @@ class Trainer:
             f"task(s) ({', '.join(t.name for t in tasks)}), probe loss {losses[0]:.3f} -> "
             f"{sum(tail) / len(tail):.3f}"
         )
+
+    # ---- label anchors --------------------------------------------------------------------
+
+    def _warm_up_projections(self) -> None:
+        """Projection-only updates on the anchor loss (see ``training/anchors.py``)."""
+        settings = self.config.label_anchors
+        assert settings is not None
+        acc = self.accelerator
+        self.model.to(acc.device)
+        columns = ["task", "turns", "sequences", "label", "value"]
+        records = (r for d in self.data.datasets for r in d.select_columns(columns))
+        examples = anchors.collect_anchored(
+            records, self.anchor_cards, self.model, settings.max_per_task
+        )
+        enabled = acc.is_main_process and self.config.progress
+        steps = settings.warmup_steps
+        with (
+            torch.random.fork_rng(devices=[]),
+            ProgressBar(enabled, steps, 0, "updates", label="label anchors") as bar,
+        ):
+            losses = anchors.warm_up_projections(
+                self.model,
+                examples,
+                settings,
+                self.config.seed,
+                progress=lambda step: bar.update(step, None, None),
+            )
+        tail = losses[-20:]
+        acc.print(
+            f"label anchors: {steps} projection updates on {len(examples)} records, "
+            f"anchor loss {losses[0]:.3f} -> {sum(tail) / len(tail):.3f}"
+        )
+
+    def _anchor_targets(self, row: int) -> list[int] | None:
+        """The K anchor tokens of a training row's first sequence mention, if it has any."""
+        if row not in self.anchor_rows:
+            record, _ = self.data.record(row)
+            item = anchors.anchored_example(record, self.anchor_cards, self.model)
+            self.anchor_rows[row] = item.targets if item is not None else None
+        return self.anchor_rows[row]
+
+    def _anchor_loss(self, rows: list[int], projected: torch.Tensor | None) -> torch.Tensor | None:
+        """Mean anchor loss over the micro-batch rows that have an anchor, or None."""
+        if projected is None:
+            return None
+        starts, targets, offset = [], [], 0
+        for row in rows:
+            wanted = self._anchor_targets(row)
+            if wanted is not None:
+                starts.append(offset)
+                targets.append(wanted)
+            offset += len(self.cache.get(row).occurrences)
+        if not starts:
+            return None
+        if self.anchor_table is None:
+            self.anchor_table = anchors.embedding_table(self.model)
+        picked = projected[torch.tensor(starts, device=projected.device)]  # (n, K, D)
+        tokens = torch.tensor(targets, device=projected.device)  # (n, K)
+        return anchors.anchor_loss(picked, tokens, self.anchor_table)
 
     # ---- resume ---------------------------------------------------------------------------
 
@@ -314,6 +392,13 @@ class Trainer:
                     token_sum = out.loss * count
                     loss_sum += token_sum.detach().double()
                     scaled = token_sum * (acc.num_processes / total_answer)
+                weight = self.config.label_anchors.weight if self.config.label_anchors else 0.0
+                if weight > 0:
+                    rows = [draws[p].row for p in positions]
+                    anchor = self._anchor_loss(rows, out.projected)
+                    if anchor is not None:
+                        share = len(positions) * acc.num_processes / len(draws)
+                        scaled = scaled + anchor * (weight * share)
                 acc.backward(scaled)
         grad_norm = float("nan")
         if self.config.max_grad_norm is not None:

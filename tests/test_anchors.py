@@ -1,0 +1,131 @@
+"""Label anchors: projected vectors taught to spell the label in the decoder's embeddings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_models import tiny_llama_config
+from training_helpers import one_thread, tiny_model, train_config
+
+from chatnt_core import ChatNTModel
+from chatnt_core.data.demo import demo_cards, write_demo
+from chatnt_core.data.tasks import LabelSpec
+from chatnt_core.errors import ConfigError
+from chatnt_core.training import anchors
+from chatnt_core.training.config import LabelAnchorsConfig, TrainConfig
+from chatnt_core.training.trainer import Trainer
+
+CARDS = demo_cards()
+
+
+def test_anchor_words_come_from_answers_names_or_the_card() -> None:
+    ctcf, tf = CARDS["demo-ctcf-site"], CARDS["demo-tf-site"]
+    # every answer of a class starts with the same word, and the words differ
+    assert anchors.label_anchor(ctcf, "ctcf_site") == "Yes"
+    assert anchors.label_anchor(ctcf, "no_ctcf_site") == "No"
+    # first words shared by all classes: the label's name
+    assert anchors.label_anchor(tf, "GATA1") == "GATA1"
+    assert tf.labels is not None
+    labels = [LabelSpec(name="a", answers=["Bound by {seq}."], anchor="A1"), *tf.labels[1:]]
+    custom = tf.model_copy(update={"labels": labels})
+    assert anchors.label_anchor(custom, "a") == "A1"
+
+
+def test_anchor_text_of_values_uses_the_card_decimals() -> None:
+    gc, count = CARDS["demo-gc-content"], CARDS["demo-motif-count"]
+    assert anchors.anchor_text(gc, {"value": 0.335, "label": None}) == "0.34"
+    assert anchors.anchor_text(count, {"value": 2.0, "label": None}) == "2"
+    assert anchors.anchor_text(gc, {"value": None, "label": None}) is None
+    assert anchors.anchor_text(CARDS["demo-ctcf-site"], {"label": "other"}) is None
+    assert anchors.anchor_targets([7, 8, 9], 5) == [7, 8, 9, 7, 8]
+    with pytest.raises(ValueError, match="at least one token"):
+        anchors.anchor_targets([], 4)
+
+
+def _demo_trainer(tmp_path: Path, name: str, **overrides: object) -> Trainer:
+    data = tmp_path / "demo"
+    if not data.exists():
+        write_demo(data, train_size=24, test_size=4)
+    model = tiny_model()
+    model["encoders"]["dna"] = {
+        "name": "motif-cnn",
+        "params": {"hidden_size": 16, "kernel_size": 7},
+        "projection": {
+            "name": "english-aware-perceiver",
+            "params": {"num_layers": 1, "summary": True},
+        },
+    }
+    model["decoder"]["params"]["random_init"] = tiny_llama_config(max_position_embeddings=1024)
+    config = train_config(data, tmp_path / name, model=model, **overrides)
+    with one_thread():
+        return Trainer(TrainConfig.model_validate(config))
+
+
+def _mean_anchor_loss(model: ChatNTModel, examples: list[anchors.AnchoredExample]) -> float:
+    model.eval()
+    with torch.no_grad():
+        batch = model.tokenize([e.example for e in examples])
+        first = anchors.first_occurrences([e.example for e in examples], batch.num_occurrences)
+        projected = model.project_occurrences(batch)[first]
+        targets = torch.tensor([e.targets for e in examples])
+        return float(anchors.anchor_loss(projected, targets, anchors.embedding_table(model)))
+
+
+def test_warm_up_lowers_the_anchor_loss_and_touches_only_projections(tmp_path: Path) -> None:
+    trainer = _demo_trainer(tmp_path, "a")
+    model = trainer.model
+    records = [dict(r) for r in trainer.data.datasets[0]]
+    examples = anchors.collect_anchored(records, CARDS, model, max_per_task=100)
+    assert len(examples) >= 20 and all(len(e.example.turns) == 1 for e in examples)
+    encoder_before = [p.detach().clone() for p in model.encoders.parameters()]
+    decoder_before = [p.detach().clone() for p in model.decoder.parameters()]
+    config = LabelAnchorsConfig(warmup_steps=80, batch_size=8, lr=3e-2)
+    with one_thread():
+        before = _mean_anchor_loss(model, examples)
+        losses = anchors.warm_up_projections(model, examples, config, seed=0)
+        after = _mean_anchor_loss(model, examples)
+    assert len(losses) == 80
+    assert after < 0.8 * before
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoders.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(decoder_before, model.decoder.parameters()))
+    assert all(p.requires_grad for p in model.encoders.parameters())  # restored
+
+
+def test_warm_up_without_anchored_records_is_a_config_error(tmp_path: Path) -> None:
+    trainer = _demo_trainer(tmp_path, "b")
+    with pytest.raises(ConfigError, match="no training record"):
+        anchors.warm_up_projections(trainer.model, [], LabelAnchorsConfig(warmup_steps=1), 0)
+
+
+def test_trainer_runs_the_anchor_warm_up_and_adds_the_loss(tmp_path: Path) -> None:
+    plain = _demo_trainer(tmp_path, "plain")
+    anchored = _demo_trainer(
+        tmp_path, "anchored", label_anchors={"warmup_steps": 3, "batch_size": 4, "weight": 1.0}
+    )
+    again = _demo_trainer(
+        tmp_path, "again", label_anchors={"warmup_steps": 3, "batch_size": 4, "weight": 1.0}
+    )
+    warmed = dict(anchored.model.projections.named_parameters())
+    for name, param in plain.model.projections.named_parameters():
+        assert torch.equal(param, dict(again.model.projections.named_parameters())[name]) or (
+            not torch.equal(param, warmed[name])
+        )
+    assert any(not torch.equal(p, warmed[n]) for n, p in plain.model.projections.named_parameters())
+    # seeded: two runs warm up to the same weights
+    for name, param in again.model.projections.named_parameters():
+        assert torch.equal(param, warmed[name])
+    # every demo row has an anchor on its first sequence mention
+    assert anchored._anchor_targets(0) is not None
+    projected = torch.randn(3, anchored.model.num_latents, anchored.model.decoder.hidden_size)
+    projected.requires_grad_(True)
+    rows = [0, 1]
+    occurrences = sum(len(anchored.cache.get(r).occurrences) for r in rows)
+    loss = anchored._anchor_loss(rows, projected[:occurrences])
+    assert loss is not None and loss.item() > 0
+    loss.backward()
+    assert projected.grad is not None and projected.grad.abs().sum() > 0
+    with one_thread():
+        result = anchored.train()
+    assert result.step == 4
