@@ -155,6 +155,13 @@ class Decoder(nn.Module, ABC):
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(B, T) ids -> (B, T, D). Placeholder ids get any finite vector (overwritten)."""
 
+    def embedding_table(self) -> torch.Tensor:
+        """(V, D) the input embedding of every vocabulary id; override to return the
+        weight itself instead of a looked-up copy."""
+        device = next(iter(self.parameters()), torch.empty(0)).device
+        ids = torch.arange(self.vocab_size, device=device)[None, :]  # (1, V)
+        return self.embed_tokens(ids)[0]
+
     @abstractmethod
     def forward(
         self,

@@ -21,7 +21,11 @@ from chatnt_core.projections import (
 )
 from chatnt_core.projections.attention import MaskedCrossAttention
 from chatnt_core.projections.mlp import chunk_mean_weights
-from chatnt_core.projections.perceiver import PerceiverLayer
+from chatnt_core.projections.perceiver import (
+    PerceiverLayer,
+    RunningStandardize,
+    build_english_aware_perceiver,
+)
 
 D_ENC, D, K, VOCAB = 24, 32, 6, 50
 ALL = ["english-aware-perceiver", "perceiver-resampler", "mlp"]
@@ -331,3 +335,33 @@ def test_question_mask_defaults_to_all_real_and_may_be_all_padding() -> None:
         no_question = p(x["seq"], x["seq_mask"], x["q"][:, :0], x["q_mask"][:, :0])
     assert torch.isfinite(empty).all()
     assert (empty - no_question).abs().max() < 1e-5
+
+
+def test_vocabulary_output_mixes_the_decoder_table_fetched_at_call_time() -> None:
+    table = torch.zeros(6, 16)
+    table[:, :6] = torch.eye(6)  # row v is the unit vector e_v
+    torch.manual_seed(0)
+    proj = EnglishAwarePerceiver(
+        8, 16, 3, num_layers=1, num_heads=2, question_source="decoder",
+        summary=True, embedding_table=lambda: table,
+    )  # fmt: skip
+    seq, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    question, qmask = torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool)
+    out = proj(seq, mask, question, qmask)  # (2, 3, 16)
+    weights = out[..., :6]
+    assert torch.all(weights >= 0) and torch.allclose(weights.sum(-1), torch.ones(2, 3))
+    assert torch.all(out[..., 6:] == 0)  # nothing outside the table's span
+    table[:, :6] *= 2.0  # the table is read on every call, never copied
+    again = proj.eval()(seq, mask, question, qmask)
+    assert torch.allclose(again[..., :6].sum(-1), torch.full((2, 3), 2.0))
+    with pytest.raises(ConfigError, match="embedding table"):
+        build_english_aware_perceiver(
+            EnglishAwarePerceiverParams(vocabulary_output=True),
+            BuildContext(input_dim=8, output_dim=16, num_latents=3, question_vocab_size=10),
+        )
+    # running standardisation accepts one row and uses its statistics at eval time
+    norm = RunningStandardize(3)
+    norm(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))
+    centre = norm.eval()(torch.tensor([[2.0, 2.0, 2.0]]))
+    assert torch.allclose(centre, torch.zeros(1, 3), atol=1e-3)
+    assert norm.train()(torch.ones(1, 3)).shape == (1, 3)

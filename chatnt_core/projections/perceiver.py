@@ -15,6 +15,7 @@ No tanh gates, no positional encoding. Read bottom-up: factories, modules, the l
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -96,6 +97,7 @@ class _PerceiverBase(Projection):
         with_question: bool,
         summary: bool = False,
         output_rms: float | None = None,
+        embedding_table: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -131,6 +133,12 @@ class _PerceiverBase(Projection):
         self.output_gain: nn.Parameter | None = None
         if output_rms is not None:
             self.output_gain = nn.Parameter(torch.full((output_dim,), float(output_rms)))
+        # Optional: each output is a mixture of the decoder's token embeddings (see
+        # EnglishAwarePerceiverParams.vocabulary_output); the table is fetched per call.
+        self.embedding_table = embedding_table
+        self.sharpness: nn.Parameter | None = None
+        if embedding_table is not None:
+            self.sharpness = nn.Parameter(torch.tensor(1.0))
 
     def _resample(
         self,
@@ -150,6 +158,10 @@ class _PerceiverBase(Projection):
             x = layer(x, seq, mask, question, question_mask)  # (B, K, D)
         if self.output_gain is not None:
             x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * self.output_gain
+        if self.embedding_table is not None and self.sharpness is not None:
+            table = self.embedding_table().detach().to(x.dtype)  # (V, D)
+            weights = torch.softmax((x @ table.T) * self.sharpness, dim=-1)  # (B, K, V)
+            x = weights @ table  # (B, K, D)
         return x
 
 
@@ -211,6 +223,7 @@ class PerceiverResampler(_PerceiverBase):
         ffn_dim: int | None = None,
         summary: bool = False,
         output_rms: float | None = None,
+        embedding_table: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(
             input_dim,
@@ -223,6 +236,7 @@ class PerceiverResampler(_PerceiverBase):
             with_question=False,
             summary=summary,
             output_rms=output_rms,
+            embedding_table=embedding_table,
         )
 
     def forward(
@@ -260,6 +274,7 @@ class EnglishAwarePerceiver(_PerceiverBase):
         question_vocab_size: int | None = None,
         summary: bool = False,
         output_rms: float | None = None,
+        embedding_table: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         super().__init__(
             input_dim,
@@ -272,6 +287,7 @@ class EnglishAwarePerceiver(_PerceiverBase):
             with_question=True,
             summary=summary,
             output_rms=output_rms,
+            embedding_table=embedding_table,
         )
         self.question_source = question_source
         self.question_table: nn.Embedding | None = None
@@ -342,6 +358,12 @@ class PerceiverParams(BaseModel):
         description="Scale each output vector to the RMS of the decoder's token embeddings "
         "(a learned per-channel gain starting there).",
     )
+    vocabulary_output: bool = Field(
+        default=False,
+        description="Make each output vector a mixture of the decoder's own token "
+        "embeddings (softmax over its dot products with the table, learned sharpness), so "
+        "the LLM reads words; pair with training label_anchors (not in ChatNT).",
+    )
 
 
 class EnglishAwarePerceiverParams(PerceiverParams):
@@ -352,6 +374,17 @@ class EnglishAwarePerceiverParams(PerceiverParams):
         description="Embed the question with a trainable table of the projection's own "
         "('own', as ChatNT) or reuse the decoder's input embeddings ('decoder').",
     )
+
+
+def _table(params: PerceiverParams, context: BuildContext) -> Callable[[], torch.Tensor] | None:
+    if not params.vocabulary_output:
+        return None
+    if context.embedding_table is None:
+        raise ConfigError(
+            "vocabulary_output needs the decoder's embedding table (BuildContext."
+            "embedding_table); build the projection through the assembly or turn it off"
+        )
+    return context.embedding_table
 
 
 def build_perceiver_resampler(params: PerceiverParams, context: BuildContext) -> PerceiverResampler:
@@ -367,6 +400,7 @@ def build_perceiver_resampler(params: PerceiverParams, context: BuildContext) ->
         ffn_dim=params.ffn_dim,
         summary=params.summary,
         output_rms=context.embedding_rms or 1.0 if params.normalize_output else None,
+        embedding_table=_table(params, context),
     )
 
 
@@ -387,4 +421,5 @@ def build_english_aware_perceiver(
         question_vocab_size=context.question_vocab_size,
         summary=params.summary,
         output_rms=context.embedding_rms or 1.0 if params.normalize_output else None,
+        embedding_table=_table(params, context),
     )

@@ -361,6 +361,12 @@ class HFCausalLM(Decoder):
         embeddings: torch.Tensor = self.model.get_input_embeddings()(safe_ids)
         return embeddings
 
+    def embedding_table(self) -> torch.Tensor:
+        """(V, D) the input embedding weight itself (no copy)."""
+        weight = self.model.get_input_embeddings().weight
+        assert isinstance(weight, torch.Tensor)
+        return weight[: self.vocab_size]
+
     def forward(
         self,
         inputs_embeds: torch.Tensor,  # (B, T, D)
