@@ -158,7 +158,9 @@ def quickstart(
     ] = None,
     warmup_steps: Annotated[
         int | None,
-        typer.Option(min=1, help="encoder warm-up updates (default: the config's)"),
+        typer.Option(
+            min=1, help="updates of each warm-up (encoder, label anchors; default: the config's)"
+        ),
     ] = None,
     train_size: Annotated[int, typer.Option(min=10, help="demo training examples per task")] = 2000,
     test_size: Annotated[int, typer.Option(min=10, help="demo test examples per task")] = 200,

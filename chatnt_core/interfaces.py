@@ -108,6 +108,10 @@ class Projection(nn.Module, ABC):
     num_latents: int  # K
     output_dim: int  # D
     uses_question: bool = False
+    # True: the decoder is given, in place of each output vector, the token embedding it is
+    # closest to by dot product (its "word"); see ChatNTModel.words_for and
+    # chatnt_core/training/anchors.py. The projection itself still returns free vectors.
+    outputs_words: bool = False
     question_source: QuestionSource = "decoder"
 
     def embed_question(self, question_ids: torch.Tensor) -> torch.Tensor:

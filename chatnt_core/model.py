@@ -238,10 +238,36 @@ class ChatNTModel(nn.Module):
     def embed_prompt(self, batch: ModelBatch, cache: EncodingCache | None = None) -> torch.Tensor:
         """(B, T, D) decoder input embeddings with the sequences merged in."""
         tokens = self.decoder.embed_tokens(batch.input_ids)  # (B, T, D)
-        projected = self.project_occurrences(batch, cache)  # (O, K, D)
+        projected = self.words_for(batch, self.project_occurrences(batch, cache))  # (O, K, D)
         return merge_sequence_embeddings(
             tokens, batch.input_ids, projected, self.decoder.placeholder_token_id
         )
+
+    def words_for(self, batch: ModelBatch, projected: torch.Tensor) -> torch.Tensor:
+        """(O, K, D) -> (O, K, D): occurrences of word-output projections become the token
+        embedding each vector scores highest against (``vector . table``).
+
+        Why: a frozen LLM reads its own token embeddings at once (measured: with the
+        label's exact token embeddings in place of the vectors, 40 LoRA updates answered
+        the demo tasks perfectly), free vectors hardly at all. In training the gradient
+        passes straight through the softmax mixture of the table.
+        """
+        picks = [
+            i for i, m in enumerate(batch.occurrence_modality) if self.projection(m).outputs_words
+        ]
+        if not picks:
+            return projected
+        table = self.decoder.embedding_table().detach().to(projected.dtype)  # (V, D)
+        index = torch.tensor(picks, device=projected.device)
+        free = projected[index]  # (P, K, D)
+        logits = free @ table.T  # (P, K, V)
+        words = table[logits.argmax(dim=-1)]  # (P, K, D)
+        if torch.is_grad_enabled() and free.requires_grad:
+            mixture = torch.softmax(logits, dim=-1) @ table  # (P, K, D)
+            words = words + mixture - mixture.detach()
+        out = projected.clone()
+        out[index] = words
+        return out
 
     def _prefix_cacheable(self) -> bool:
         """The shared prefix's keys and values can be reused: nothing that acts on it trains
@@ -261,7 +287,10 @@ class ChatNTModel(nn.Module):
         tokens = self.decoder.embed_tokens(batch.input_ids)  # (B, T, D)
         projected = self.project_occurrences(batch)  # (O, K, D)
         inputs_embeds = merge_sequence_embeddings(
-            tokens, batch.input_ids, projected, self.decoder.placeholder_token_id
+            tokens,
+            batch.input_ids,
+            self.words_for(batch, projected),
+            self.decoder.placeholder_token_id,
         )  # (B, T, D)
         ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels  # (B, T)
         frozen = self.use_prefix_cache and self._prefix_cacheable()

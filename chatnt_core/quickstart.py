@@ -107,7 +107,7 @@ FROM_SCRATCH = Recipe(
 class QuickstartSettings:
     out: Path
     steps: int | None  # training updates; None keeps the config's
-    warmup_steps: int | None  # encoder warm-up updates; None keeps the config's
+    warmup_steps: int | None  # updates of each warm-up (encoder, anchors); None: the config's
     train_size: int  # demo examples per task
     test_size: int
     eval_per_task: int
@@ -124,11 +124,16 @@ def _train_config(settings: QuickstartSettings, data_dir: Path) -> Any:
 
     config = load_train_config(settings.recipe.config)
     warmup = config.encoder_warmup
-    if warmup is not None and settings.warmup_steps is not None:
-        warmup = warmup.model_copy(update={"steps": settings.warmup_steps})
+    anchors = config.label_anchors
+    if settings.warmup_steps is not None:
+        if warmup is not None:
+            warmup = warmup.model_copy(update={"steps": settings.warmup_steps})
+        if anchors is not None and anchors.warmup_steps > 0:
+            anchors = anchors.model_copy(update={"warmup_steps": settings.warmup_steps})
     return config.model_copy(
         update={
             "encoder_warmup": warmup,
+            "label_anchors": anchors,
             "data": config.data.model_copy(update={"paths": [str(data_dir)]}),
             "output_dir": str(settings.out / "run"),
             "max_steps": settings.steps or config.max_steps,

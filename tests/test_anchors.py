@@ -129,3 +129,29 @@ def test_trainer_runs_the_anchor_warm_up_and_adds_the_loss(tmp_path: Path) -> No
     with one_thread():
         result = anchored.train()
     assert result.step == 4
+
+
+def test_word_outputs_reach_the_decoder_as_exact_token_embeddings(tmp_path: Path) -> None:
+    trainer = _demo_trainer(tmp_path, "words")
+    model = trainer.model
+    projection = model.projections["dna"]
+    projection.outputs_words = True  # as vocabulary_output: true builds it
+    example = trainer.cache.get(0)
+    from chatnt_core.batching import collate
+
+    batch = collate([example], model.decoder.pad_token_id)
+    table = model.decoder.embedding_table()
+    model.eval()
+    with torch.no_grad():
+        merged = model.embed_prompt(batch)  # (1, T, D)
+    slots = batch.input_ids[0] == model.decoder.placeholder_token_id
+    rows = merged[0, slots]  # (K * occurrences, D)
+    distances = torch.cdist(rows, table.detach())
+    assert torch.all(distances.min(dim=-1).values < 1e-5)  # every vector is a table row
+    # training: the loss still reaches the projection (straight through the word choice)
+    model.train()
+    out = model(batch)
+    assert out.loss is not None and out.projected is not None
+    out.loss.backward()
+    grads = [p.grad for p in projection.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)

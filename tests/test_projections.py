@@ -337,23 +337,15 @@ def test_question_mask_defaults_to_all_real_and_may_be_all_padding() -> None:
     assert (empty - no_question).abs().max() < 1e-5
 
 
-def test_vocabulary_output_mixes_the_decoder_table_fetched_at_call_time() -> None:
-    table = torch.zeros(6, 16)
-    table[:, :6] = torch.eye(6)  # row v is the unit vector e_v
-    torch.manual_seed(0)
+def test_vocabulary_output_needs_the_decoder_table_and_keeps_free_vectors() -> None:
     proj = EnglishAwarePerceiver(
         8, 16, 3, num_layers=1, num_heads=2, question_source="decoder",
-        summary=True, embedding_table=lambda: table,
+        summary=True, embedding_table=lambda: torch.eye(16),
     )  # fmt: skip
+    assert proj.outputs_words  # the model swaps in words; the projection returns vectors
     seq, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
     question, qmask = torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool)
-    out = proj(seq, mask, question, qmask)  # (2, 3, 16)
-    weights = out[..., :6]
-    assert torch.all(weights >= 0) and torch.allclose(weights.sum(-1), torch.ones(2, 3))
-    assert torch.all(out[..., 6:] == 0)  # nothing outside the table's span
-    table[:, :6] *= 2.0  # the table is read on every call, never copied
-    again = proj.eval()(seq, mask, question, qmask)
-    assert torch.allclose(again[..., :6].sum(-1), torch.full((2, 3), 2.0))
+    assert proj(seq, mask, question, qmask).shape == (2, 3, 16)
     with pytest.raises(ConfigError, match="embedding table"):
         build_english_aware_perceiver(
             EnglishAwarePerceiverParams(vocabulary_output=True),

@@ -133,12 +133,9 @@ class _PerceiverBase(Projection):
         self.output_gain: nn.Parameter | None = None
         if output_rms is not None:
             self.output_gain = nn.Parameter(torch.full((output_dim,), float(output_rms)))
-        # Optional: each output is a mixture of the decoder's token embeddings (see
-        # EnglishAwarePerceiverParams.vocabulary_output); the table is fetched per call.
-        self.embedding_table = embedding_table
-        self.sharpness: nn.Parameter | None = None
-        if embedding_table is not None:
-            self.sharpness = nn.Parameter(torch.tensor(1.0))
+        # Optional: the decoder reads the word each output is closest to (see
+        # PerceiverParams.vocabulary_output and ChatNTModel.words_for).
+        self.outputs_words = embedding_table is not None
 
     def _resample(
         self,
@@ -158,10 +155,6 @@ class _PerceiverBase(Projection):
             x = layer(x, seq, mask, question, question_mask)  # (B, K, D)
         if self.output_gain is not None:
             x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-6) * self.output_gain
-        if self.embedding_table is not None and self.sharpness is not None:
-            table = self.embedding_table().detach().to(x.dtype)  # (V, D)
-            weights = torch.softmax((x @ table.T) * self.sharpness, dim=-1)  # (B, K, V)
-            x = weights @ table  # (B, K, D)
         return x
 
 
@@ -360,9 +353,9 @@ class PerceiverParams(BaseModel):
     )
     vocabulary_output: bool = Field(
         default=False,
-        description="Make each output vector a mixture of the decoder's own token "
-        "embeddings (softmax over its dot products with the table, learned sharpness), so "
-        "the LLM reads words; pair with training label_anchors (not in ChatNT).",
+        description="Hand the decoder, for each output vector, the embedding of the token it "
+        "scores highest against (a word the LLM already reads), with straight-through "
+        "gradients; pair with training label_anchors (not in ChatNT).",
     )
 
 

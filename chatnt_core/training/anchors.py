@@ -116,10 +116,20 @@ def anchor_loss(
     projected: torch.Tensor,  # (n, K, D)
     targets: torch.Tensor,  # (n, K) long
     table: torch.Tensor,  # (V, D)
+    kind: str = "logits",
 ) -> torch.Tensor:
-    """Cross-entropy of each vector's vocabulary distribution (vector . table) vs its token."""
-    logits = projected.float() @ table.float().T  # (n, K, V)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    """How far each vector is from being its anchor token.
+
+    ``logits`` (default): cross-entropy of the vector's dot products with the table (a
+    logit lens) - what picks the word a word-output projection hands the decoder.
+    ``embedding``: squared distance to the token's embedding, relative to the table's
+    mean square.
+    """
+    if kind == "logits":
+        logits = projected.float() @ table.float().T  # (n, K, V)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    wanted = table[targets].float()  # (n, K, D)
+    return (projected.float() - wanted).pow(2).mean() / table.float().pow(2).mean()
 
 
 def collect_anchored(
