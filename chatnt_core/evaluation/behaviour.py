@@ -14,6 +14,7 @@ Four checks on a trained ``ChatNT``, each returning plain numbers the quickstart
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -108,7 +109,9 @@ def english_kept(bot: ChatNT, question: str, max_new_tokens: int = 128) -> Engli
         s.text for s in render_segments([Turn(question)], model.config.prompt, decoder)
     )
     ids = torch.tensor([decoder.tokenize(prompt, add_bos=True)], device=model.device)
-    with torch.no_grad():
+    # LoRA adapters (peft) are switched off outright for the bare answer
+    disable = getattr(decoder.model, "disable_adapter", None)
+    with torch.no_grad(), disable() if callable(disable) else contextlib.nullcontext():
         out = decoder.model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
