@@ -77,7 +77,6 @@ def _build_all(resolved: ResolvedConfig, registry: PluginRegistry) -> Components
             num_latents=num_latents,
             question_vocab_size=decoder.tokenizer_size,
             embedding_rms=embedding_rms(decoder),
-            embedding_table=decoder.embedding_table,
         )
         projection = _build(resolved.projections[modality], context, Projection, registry)
         assert isinstance(projection, Projection)

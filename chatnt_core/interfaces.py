@@ -95,6 +95,7 @@ class Encoder(nn.Module, ABC):
 
 
 QuestionSource = Literal["own", "decoder"]
+WordOutput = Literal["off", "argmax", "mixture"]
 
 
 class Projection(nn.Module, ABC):
@@ -108,11 +109,25 @@ class Projection(nn.Module, ABC):
     num_latents: int  # K
     output_dim: int  # D
     uses_question: bool = False
-    # True: the decoder is given, in place of each output vector, the token embedding it is
-    # closest to by dot product (its "word"); see ChatNTModel.words_for and
-    # chatnt_core/training/anchors.py. The projection itself still returns free vectors.
-    outputs_words: bool = False
+    # How the decoder is given each output vector (see ChatNTModel.words_for and
+    # chatnt_core/training/anchors.py): "off", the vector itself; "argmax", the embedding of
+    # the word it scores highest against (dot product); "mixture", the softmax mixture of
+    # the words' embeddings. Words come from word_vocabulary(). The projection itself always
+    # returns free vectors.
+    word_output: WordOutput = "off"
     question_source: QuestionSource = "decoder"
+
+    @property
+    def outputs_words(self) -> bool:
+        return self.word_output != "off"
+
+    def word_vocabulary(self) -> torch.Tensor | None:
+        """(W,) decoder ids a word-output projection picks among; None: the whole vocabulary."""
+        return None
+
+    def set_word_vocabulary(self, ids: Sequence[int]) -> None:
+        """Restrict the words of a word-output projection to ``ids`` (saved with its weights)."""
+        raise NotImplementedError(f"{type(self).__name__} does not output words")
 
     def embed_question(self, question_ids: torch.Tensor) -> torch.Tensor:
         """(B, Q) decoder-vocabulary ids -> (B, Q, D) from the projection's own table."""

@@ -244,29 +244,36 @@ class ChatNTModel(nn.Module):
         )
 
     def words_for(self, batch: ModelBatch, projected: torch.Tensor) -> torch.Tensor:
-        """(O, K, D) -> (O, K, D): occurrences of word-output projections become the token
-        embedding each vector scores highest against (``vector . table``).
+        """(O, K, D) -> (O, K, D): occurrences of word-output projections become words.
 
-        Why: a frozen LLM reads its own token embeddings at once (measured: with the
-        label's exact token embeddings in place of the vectors, 40 LoRA updates answered
-        the demo tasks perfectly), free vectors hardly at all. In training the gradient
-        passes straight through the softmax mixture of the table.
+        Each vector scores the projection's word vocabulary (``vector . embedding``);
+        ``argmax`` hands the decoder the best word's embedding (in training the gradient
+        passes straight through the softmax mixture), ``mixture`` the softmax mixture of
+        the words' embeddings. Why: a frozen LLM reads its own token embeddings at once
+        (measured: with the label's exact token embeddings in place of the vectors, 40
+        LoRA updates answered the demo tasks perfectly), free vectors hardly at all.
         """
-        picks = [
-            i for i, m in enumerate(batch.occurrence_modality) if self.projection(m).outputs_words
-        ]
-        if not picks:
-            return projected
-        table = self.decoder.embedding_table().detach().to(projected.dtype)  # (V, D)
-        index = torch.tensor(picks, device=projected.device)
-        free = projected[index]  # (P, K, D)
-        logits = free @ table.T  # (P, K, V)
-        words = table[logits.argmax(dim=-1)]  # (P, K, D)
-        if torch.is_grad_enabled() and free.requires_grad:
-            mixture = torch.softmax(logits, dim=-1) @ table  # (P, K, D)
-            words = words + mixture - mixture.detach()
-        out = projected.clone()
-        out[index] = words
+        out = projected
+        for modality in set(batch.occurrence_modality):
+            projection = self.projection(modality)
+            if not projection.outputs_words:
+                continue
+            picks = [i for i, m in enumerate(batch.occurrence_modality) if m == modality]
+            table = self.decoder.embedding_table().detach().to(projected.dtype)  # (V, D)
+            vocabulary = projection.word_vocabulary()
+            if vocabulary is not None:
+                table = table[vocabulary.to(table.device)]  # (W, D)
+            index = torch.tensor(picks, device=projected.device)
+            logits = projected[index] @ table.T  # (P, K, W)
+            mixture = torch.softmax(logits.float(), dim=-1).to(table.dtype) @ table  # (P, K, D)
+            if projection.word_output == "mixture":
+                words = mixture
+            else:
+                words = table[logits.argmax(dim=-1)]  # (P, K, D)
+                if torch.is_grad_enabled() and projected.requires_grad:
+                    words = words + mixture - mixture.detach()
+            out = out.clone() if out is projected else out
+            out[index] = words
         return out
 
     def _prefix_cacheable(self) -> bool:

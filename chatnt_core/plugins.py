@@ -23,12 +23,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from importlib import metadata
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
-
-if TYPE_CHECKING:
-    import torch
 from pydantic import BaseModel
 
 from chatnt_core import hookspecs
@@ -71,8 +68,6 @@ class BuildContext:
     num_latents: int | None = None  # K, for projections
     question_vocab_size: int | None = None  # decoder tokenizer size, for projections
     embedding_rms: float | None = None  # RMS of the decoder's token embeddings, for projections
-    # the decoder's (V, D) input embeddings, fetched at call time (never copied), for projections
-    embedding_table: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,9 @@ def test_anchor_text_of_values_uses_the_card_decimals() -> None:
         anchors.anchor_targets([], 4)
 
 
-def _demo_trainer(tmp_path: Path, name: str, **overrides: object) -> Trainer:
+def _demo_trainer(
+    tmp_path: Path, name: str, projection: dict[str, object] | None = None, **overrides: object
+) -> Trainer:
     data = tmp_path / "demo"
     if not data.exists():
         write_demo(data, train_size=24, test_size=4)
@@ -54,7 +56,7 @@ def _demo_trainer(tmp_path: Path, name: str, **overrides: object) -> Trainer:
         "params": {"hidden_size": 16, "kernel_size": 7},
         "projection": {
             "name": "english-aware-perceiver",
-            "params": {"num_layers": 1, "summary": True},
+            "params": {"num_layers": 1, "summary": True, **(projection or {})},
         },
     }
     model["decoder"]["params"]["random_init"] = tiny_llama_config(max_position_embeddings=1024)
@@ -135,7 +137,7 @@ def test_word_outputs_reach_the_decoder_as_exact_token_embeddings(tmp_path: Path
     trainer = _demo_trainer(tmp_path, "words")
     model = trainer.model
     projection = model.projections["dna"]
-    projection.outputs_words = True  # as vocabulary_output: true builds it
+    projection.word_output = "argmax"  # as vocabulary_output: argmax builds it
     example = trainer.cache.get(0)
     from chatnt_core.batching import collate
 
@@ -155,3 +157,78 @@ def test_word_outputs_reach_the_decoder_as_exact_token_embeddings(tmp_path: Path
     out.loss.backward()
     grads = [p.grad for p in projection.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_anchor_vocabulary_holds_every_anchor_token_and_restricts_the_softmax(
+    tmp_path: Path,
+) -> None:
+    trainer = _demo_trainer(tmp_path, "vocab")
+    model = trainer.model
+    vocabulary = anchors.anchor_vocabulary(CARDS, model)
+    assert vocabulary == sorted(set(vocabulary))
+    words = ["Yes", "No", "GATA1", "REST", "0.34", "3", "-1.5"]
+    for word in words:  # yes/no, factor names, digits of values
+        assert set(model.decoder.tokenize(word)) <= set(vocabulary), word
+    assert len(vocabulary) < model.decoder.vocab_size
+    # the restricted loss is the cross-entropy over the vocabulary's rows only
+    table = anchors.embedding_table(model)
+    ids = torch.tensor(vocabulary)
+    projected = torch.randn(2, 3, table.shape[1])
+    targets = ids[torch.tensor([[0, 1, 2], [2, 1, 0]])]
+    restricted = anchors.anchor_loss(projected, targets, table, vocabulary=ids)
+    logits = projected @ table[ids].T
+    expected = torch.nn.functional.cross_entropy(
+        logits.flatten(0, 1), torch.tensor([0, 1, 2, 2, 1, 0])
+    )
+    assert torch.allclose(restricted, expected, atol=1e-5)
+    assert not torch.allclose(restricted, anchors.anchor_loss(projected, targets, table))
+
+
+def test_word_mixture_stays_among_the_vocabulary_words(tmp_path: Path) -> None:
+    trainer = _demo_trainer(tmp_path, "mixture")
+    model = trainer.model
+    projection = model.projections["dna"]
+    projection.word_output = "mixture"
+    words = [5, 9]
+    projection.set_word_vocabulary(words)
+    from chatnt_core.batching import collate
+
+    batch = collate([trainer.cache.get(0)], model.decoder.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        merged = model.embed_prompt(batch)  # (1, T, D)
+        table = model.decoder.embedding_table()
+    rows = merged[0, batch.input_ids[0] == model.decoder.placeholder_token_id]  # (K, D)
+    # each vector is a convex mix of the two words: on the segment between them
+    a, b = table[5], table[9]
+    share = ((rows - b) @ (a - b)) / (a - b).pow(2).sum()
+    assert torch.all((share >= -1e-5) & (share <= 1 + 1e-5))
+    rebuilt = share[:, None] * a + (1 - share[:, None]) * b
+    assert torch.allclose(rows, rebuilt, atol=1e-4)
+    # argmax over the same vocabulary hands over exactly one of the two words
+    projection.word_output = "argmax"
+    with torch.no_grad():
+        merged = model.embed_prompt(batch)
+    rows = merged[0, batch.input_ids[0] == model.decoder.placeholder_token_id]
+    assert all(torch.equal(r, a) or torch.equal(r, b) for r in rows)
+
+
+def test_a_fresh_run_hands_the_anchor_vocabulary_to_word_output_projections(
+    tmp_path: Path,
+) -> None:
+    plain = _demo_trainer(tmp_path, "plain", label_anchors={"warmup_steps": 0})
+    assert plain.model.projections["dna"].word_vocabulary() is None  # not word-output
+    assert plain.anchor_vocabulary is not None  # the anchor loss still uses it
+    trainer = _demo_trainer(
+        tmp_path, "handed", {"vocabulary_output": "argmax"}, label_anchors={"warmup_steps": 0}
+    )
+    expected = anchors.anchor_vocabulary(CARDS, trainer.model)
+    assert trainer.anchor_vocabulary.tolist() == expected  # type: ignore[union-attr]
+    handed = trainer.model.projections["dna"].word_vocabulary()
+    assert handed is not None and handed.tolist() == expected
+    full = _demo_trainer(
+        tmp_path, "full", {"vocabulary_output": "argmax"},
+        label_anchors={"warmup_steps": 0, "vocabulary": "full"},
+    )  # fmt: skip
+    assert full.anchor_vocabulary is None
+    assert full.model.projections["dna"].word_vocabulary() is None

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 import chatnt_core.projections as projections_plugin
 from chatnt_core.errors import ConfigError
@@ -337,20 +338,33 @@ def test_question_mask_defaults_to_all_real_and_may_be_all_padding() -> None:
     assert (empty - no_question).abs().max() < 1e-5
 
 
-def test_vocabulary_output_needs_the_decoder_table_and_keeps_free_vectors() -> None:
+def test_vocabulary_output_keeps_free_vectors_and_saves_its_words() -> None:
     proj = EnglishAwarePerceiver(
         8, 16, 3, num_layers=1, num_heads=2, question_source="decoder",
-        summary=True, embedding_table=lambda: torch.eye(16),
+        summary=True, word_output="mixture",
     )  # fmt: skip
     assert proj.outputs_words  # the model swaps in words; the projection returns vectors
+    assert proj.word_vocabulary() is None  # no words chosen yet: the whole vocabulary
     seq, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
     question, qmask = torch.randn(2, 4, 16), torch.ones(2, 4, dtype=torch.bool)
     assert proj(seq, mask, question, qmask).shape == (2, 3, 16)
-    with pytest.raises(ConfigError, match="embedding table"):
-        build_english_aware_perceiver(
-            EnglishAwarePerceiverParams(vocabulary_output=True),
-            BuildContext(input_dim=8, output_dim=16, num_latents=3, question_vocab_size=10),
-        )
+    proj.set_word_vocabulary([9, 4, 4, 7])
+    assert proj.word_vocabulary().tolist() == [4, 7, 9]  # type: ignore[union-attr]
+    # a fresh projection (empty vocabulary) loads a saved one of any length
+    fresh = EnglishAwarePerceiver(
+        8, 16, 3, num_layers=1, num_heads=2, question_source="decoder",
+        summary=True, word_output="mixture",
+    )  # fmt: skip
+    fresh.load_state_dict(proj.state_dict())
+    assert fresh.word_vocabulary().tolist() == [4, 7, 9]  # type: ignore[union-attr]
+    context = BuildContext(input_dim=8, output_dim=16, num_latents=3, question_vocab_size=10)
+    built = build_english_aware_perceiver(
+        EnglishAwarePerceiverParams(question_embeddings="decoder", vocabulary_output=True),
+        context,
+    )
+    assert built.word_output == "argmax"  # true means argmax, false off
+    with pytest.raises(ValidationError):
+        EnglishAwarePerceiverParams(vocabulary_output="nearest")  # type: ignore[arg-type]
     # running standardisation accepts one row and uses its statistics at eval time
     norm = RunningStandardize(3)
     norm(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]]))

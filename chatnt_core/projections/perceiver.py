@@ -15,7 +15,7 @@ No tanh gates, no positional encoding. Read bottom-up: factories, modules, the l
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from chatnt_core.errors import ConfigError
-from chatnt_core.interfaces import Projection, QuestionSource
+from chatnt_core.interfaces import Projection, QuestionSource, WordOutput
 from chatnt_core.plugins import BuildContext
 from chatnt_core.projections.attention import (
     MaskedCrossAttention,
@@ -97,7 +97,7 @@ class _PerceiverBase(Projection):
         with_question: bool,
         summary: bool = False,
         output_rms: float | None = None,
-        embedding_table: Callable[[], torch.Tensor] | None = None,
+        word_output: WordOutput = "off",
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -133,9 +133,30 @@ class _PerceiverBase(Projection):
         self.output_gain: nn.Parameter | None = None
         if output_rms is not None:
             self.output_gain = nn.Parameter(torch.full((output_dim,), float(output_rms)))
-        # Optional: the decoder reads the word each output is closest to (see
-        # PerceiverParams.vocabulary_output and ChatNTModel.words_for).
-        self.outputs_words = embedding_table is not None
+        # Optional: the decoder reads words instead of the free vectors (see
+        # PerceiverParams.vocabulary_output and ChatNTModel.words_for), chosen among
+        # word_ids (empty: the whole vocabulary; the trainer fills it from the task cards'
+        # label anchors, and it is saved with the weights whatever its length).
+        self.word_output: WordOutput = word_output
+        self.word_ids: torch.Tensor
+        self.register_buffer("word_ids", torch.zeros(0, dtype=torch.long))
+
+    def word_vocabulary(self) -> torch.Tensor | None:
+        return self.word_ids if len(self.word_ids) else None
+
+    def set_word_vocabulary(self, ids: Sequence[int]) -> None:
+        """Restrict the words the decoder is given to ``ids`` (decoder token ids)."""
+        self.word_ids = torch.tensor(sorted(set(ids)), dtype=torch.long, device=self.latents.device)
+
+    def _load_from_state_dict(  # type: ignore[no-untyped-def]
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+    ) -> None:
+        saved = state_dict.get(prefix + "word_ids")
+        if saved is not None:  # the vocabulary's length is the checkpoint's, not the config's
+            self.word_ids = torch.zeros_like(saved, device=self.latents.device)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errors
+        )
 
     def _resample(
         self,
@@ -216,7 +237,7 @@ class PerceiverResampler(_PerceiverBase):
         ffn_dim: int | None = None,
         summary: bool = False,
         output_rms: float | None = None,
-        embedding_table: Callable[[], torch.Tensor] | None = None,
+        word_output: WordOutput = "off",
     ) -> None:
         super().__init__(
             input_dim,
@@ -229,7 +250,7 @@ class PerceiverResampler(_PerceiverBase):
             with_question=False,
             summary=summary,
             output_rms=output_rms,
-            embedding_table=embedding_table,
+            word_output=word_output,
         )
 
     def forward(
@@ -267,7 +288,7 @@ class EnglishAwarePerceiver(_PerceiverBase):
         question_vocab_size: int | None = None,
         summary: bool = False,
         output_rms: float | None = None,
-        embedding_table: Callable[[], torch.Tensor] | None = None,
+        word_output: WordOutput = "off",
     ) -> None:
         super().__init__(
             input_dim,
@@ -280,7 +301,7 @@ class EnglishAwarePerceiver(_PerceiverBase):
             with_question=True,
             summary=summary,
             output_rms=output_rms,
-            embedding_table=embedding_table,
+            word_output=word_output,
         )
         self.question_source = question_source
         self.question_table: nn.Embedding | None = None
@@ -351,11 +372,13 @@ class PerceiverParams(BaseModel):
         description="Scale each output vector to the RMS of the decoder's token embeddings "
         "(a learned per-channel gain starting there).",
     )
-    vocabulary_output: bool = Field(
-        default=False,
-        description="Hand the decoder, for each output vector, the embedding of the token it "
-        "scores highest against (a word the LLM already reads), with straight-through "
-        "gradients; pair with training label_anchors (not in ChatNT).",
+    vocabulary_output: WordOutput | bool = Field(
+        default="off",
+        description="Hand the decoder words instead of free vectors: 'argmax', the embedding "
+        "of the word each output vector scores highest against (straight-through gradients "
+        "in training), or 'mixture', the softmax mixture of the words' embeddings; the words "
+        "are the training config's label_anchors vocabulary (not in ChatNT). true means "
+        "'argmax', false 'off'.",
     )
 
 
@@ -369,15 +392,11 @@ class EnglishAwarePerceiverParams(PerceiverParams):
     )
 
 
-def _table(params: PerceiverParams, context: BuildContext) -> Callable[[], torch.Tensor] | None:
-    if not params.vocabulary_output:
-        return None
-    if context.embedding_table is None:
-        raise ConfigError(
-            "vocabulary_output needs the decoder's embedding table (BuildContext."
-            "embedding_table); build the projection through the assembly or turn it off"
-        )
-    return context.embedding_table
+def _word_output(params: PerceiverParams) -> WordOutput:
+    choice = params.vocabulary_output
+    if isinstance(choice, bool):
+        return "argmax" if choice else "off"
+    return choice
 
 
 def build_perceiver_resampler(params: PerceiverParams, context: BuildContext) -> PerceiverResampler:
@@ -393,7 +412,7 @@ def build_perceiver_resampler(params: PerceiverParams, context: BuildContext) ->
         ffn_dim=params.ffn_dim,
         summary=params.summary,
         output_rms=context.embedding_rms or 1.0 if params.normalize_output else None,
-        embedding_table=_table(params, context),
+        word_output=_word_output(params),
     )
 
 
@@ -414,5 +433,5 @@ def build_english_aware_perceiver(
         question_vocab_size=context.question_vocab_size,
         summary=params.summary,
         output_rms=context.embedding_rms or 1.0 if params.normalize_output else None,
-        embedding_table=_table(params, context),
+        word_output=_word_output(params),
     )

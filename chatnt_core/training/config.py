@@ -95,7 +95,15 @@ class LabelAnchorsConfig(BaseModel):
         0, ge=0, description="projection-only updates on the anchor loss before the chat training"
     )
     batch_size: int = Field(32, ge=1, description="sequences per warm-up update")
-    lr: float = Field(4e-3, gt=0, description="Adam learning rate of the warm-up")
+    lr: float = Field(
+        1e-3, gt=0, description="peak Adam learning rate of the warm-up (cosine to a tenth)"
+    )
+    vocabulary: Literal["anchors", "full"] = Field(
+        "anchors",
+        description="the anchor softmax runs over the tokens of the task cards' anchors "
+        "('anchors'; a word-output projection then also picks among them) or the "
+        "LLM's whole vocabulary ('full')",
+    )
     weight: float = Field(
         1.0, ge=0, description="weight of the anchor loss added to the chat loss (0: warm-up only)"
     )

@@ -29,7 +29,7 @@ import torch
 from chatnt_core.batching import IGNORE_INDEX, collate
 from chatnt_core.config import ResolvedConfig, load_config, parse_config, resolve_config
 from chatnt_core.errors import ChatNTError, ConfigError
-from chatnt_core.interfaces import Encoder
+from chatnt_core.interfaces import Encoder, Projection
 from chatnt_core.model import ChatNTModel
 from chatnt_core.training import anchors
 from chatnt_core.training import checkpoint as ckpt
@@ -97,16 +97,12 @@ def build_model(config: TrainConfig, resolved: ResolvedConfig) -> ChatNTModel:
     return model
 
 
-def _anchor_cards(config: TrainConfig) -> dict[str, Any]:
-    """Task cards the label anchors read (all registered ones, or the config's tasks)."""
+def _training_cards(data: TrainingData) -> dict[str, Any]:
+    """Task cards of the tasks the training data holds (what warm-ups and anchors read)."""
     from chatnt_core.data.tasks import load_task_cards
 
-    if config.label_anchors is None:
-        return {}
-    cards = load_task_cards()
-    if config.data.tasks is not None:
-        cards = {name: card for name, card in cards.items() if name in config.data.tasks}
-    return dict(cards)
+    present = set(data.index.names)
+    return {name: card for name, card in load_task_cards().items() if name in present}
 
 
 def set_train_mode(model: ChatNTModel, gradient_checkpointing: bool) -> None:
@@ -172,9 +168,10 @@ class Trainer:
         self.cache = ExampleCache(self.data, self.model)
         if config.encoder_warmup is not None and self.checkpoint is None:
             self._warm_up_encoders(config.encoder_warmup)  # a resumed run has its result
-        self.anchor_cards = _anchor_cards(config)
+        self.anchor_cards = _training_cards(self.data) if config.label_anchors else {}
         self.anchor_table: torch.Tensor | None = None
         self.anchor_rows: dict[int, list[int] | None] = {}  # global row -> K anchor tokens
+        self.anchor_vocabulary = self._anchor_vocabulary()
         anchor_warmup = config.label_anchors.warmup_steps if config.label_anchors else 0
         if anchor_warmup > 0 and self.checkpoint is None:
             self._warm_up_projections()
@@ -202,11 +199,7 @@ class Trainer:
 
     def _warm_up_encoders(self, warmup: EncoderWarmupConfig) -> None:
         """Probe-train every encoder on the training labels (see ``training/warmup.py``)."""
-        from chatnt_core.data.tasks import load_task_cards
-
-        cards = load_task_cards()
-        if self.config.data.tasks is not None:
-            cards = {name: card for name, card in cards.items() if name in self.config.data.tasks}
+        cards = _training_cards(self.data)
         columns = ["task", "sequences", "label", "value"]
         for modality, encoder in self.model.encoders.items():
             if not any(p.requires_grad for p in encoder.parameters()):
@@ -271,12 +264,26 @@ class Trainer:
                 settings,
                 self.config.seed,
                 progress=lambda step: bar.update(step, None, None),
+                vocabulary=self.anchor_vocabulary,
             )
         tail = losses[-20:]
         acc.print(
             f"label anchors: {steps} projection updates on {len(examples)} records, "
             f"anchor loss {losses[0]:.3f} -> {sum(tail) / len(tail):.3f}"
         )
+
+    def _anchor_vocabulary(self) -> torch.Tensor | None:
+        """The anchor softmax's words (None: the whole vocabulary); a fresh run also hands
+        them to word-output projections (a resumed one loads them with the weights)."""
+        settings = self.config.label_anchors
+        if settings is None or settings.vocabulary == "full" or not self.anchor_cards:
+            return None
+        ids = anchors.anchor_vocabulary(self.anchor_cards, self.model)
+        if self.checkpoint is None:
+            for projection in self.model.projections.values():
+                if cast(Projection, projection).outputs_words:
+                    cast(Projection, projection).set_word_vocabulary(ids)
+        return torch.tensor(ids, dtype=torch.long)
 
     def _anchor_targets(self, row: int) -> list[int] | None:
         """The K anchor tokens of a training row's first sequence mention, if it has any."""
@@ -303,7 +310,10 @@ class Trainer:
             self.anchor_table = anchors.embedding_table(self.model)
         picked = projected[torch.tensor(starts, device=projected.device)]  # (n, K, D)
         tokens = torch.tensor(targets, device=projected.device)  # (n, K)
-        return anchors.anchor_loss(picked, tokens, self.anchor_table)
+        vocabulary = self.anchor_vocabulary
+        if vocabulary is not None:
+            vocabulary = vocabulary.to(projected.device)
+        return anchors.anchor_loss(picked, tokens, self.anchor_table, vocabulary=vocabulary)
 
     # ---- resume ---------------------------------------------------------------------------
 
