@@ -232,3 +232,35 @@ def test_a_fresh_run_hands_the_anchor_vocabulary_to_word_output_projections(
     )  # fmt: skip
     assert full.anchor_vocabulary is None
     assert full.model.projections["dna"].word_vocabulary() is None
+
+
+def test_checkpoints_keep_the_summary_statistics_and_held_encoders_keep_theirs(
+    tmp_path: Path,
+) -> None:
+    trainer = _demo_trainer(tmp_path, "stats", max_steps=2, lr_scale={"encoders": 0.0})
+    model = trainer.model
+    encoder_stats = {k: v.clone() for k, v in model.encoders.state_dict().items() if "running" in k}
+    assert encoder_stats  # the motif CNN has batch-norm statistics
+    with one_thread():
+        result = trainer.train()
+    assert result.checkpoint is not None
+    # a part held at lr_scale 0 ran in eval mode: its running statistics did not move
+    for name, value in model.encoders.state_dict().items():
+        if name in encoder_stats:
+            assert torch.equal(value, encoder_stats[name]), name
+    summary = model.projections["dna"].summary_norm
+    assert summary is not None and int(summary.batches) > 0  # statistics were gathered
+    loaded = ChatNTModel.from_checkpoint(result.checkpoint).eval()
+    loaded_summary = loaded.projections["dna"].summary_norm
+    assert loaded_summary is not None
+    assert torch.equal(loaded_summary.mean, summary.mean)
+    assert torch.equal(loaded_summary.var, summary.var)
+    example = trainer.cache.get(0)
+    from chatnt_core.batching import collate
+
+    batch = collate([example], model.decoder.pad_token_id)
+    model.eval()
+    with torch.no_grad():
+        expected = model.project_occurrences(batch)
+        got = loaded.project_occurrences(batch)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

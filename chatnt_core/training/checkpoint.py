@@ -62,12 +62,22 @@ def trainable_state_dict(
     model: nn.Module, full_state: dict[str, torch.Tensor] | None = None
 ) -> dict[str, torch.Tensor]:
     """What a checkpoint stores: parameters with ``requires_grad`` and the persistent
-    buffers of modules that hold such parameters. ``full_state`` may come from a sharded
-    wrapper (FSDP, DeepSpeed) that has to gather it first."""
+    buffers of modules that hold such parameters, or that hold no parameters at all and
+    sit in a module that does (running statistics such as ``RunningStandardize``, which
+    are learned state of the trainable module around them). ``full_state`` may come from
+    a sharded wrapper (FSDP, DeepSpeed) that has to gather it first."""
     state = full_state if full_state is not None else model.state_dict()
     names = {name for name, p in model.named_parameters() if p.requires_grad}
-    for prefix, module in model.named_modules():
-        if any(p.requires_grad for p in module.parameters()):
+    modules = dict(model.named_modules())
+
+    def trains(module: nn.Module) -> bool:
+        return any(p.requires_grad for p in module.parameters())
+
+    for prefix, module in modules.items():
+        owner = module
+        if prefix and next(module.parameters(), None) is None:
+            owner = modules[prefix.rpartition(".")[0]]
+        if trains(owner):
             names |= {
                 f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False)
             }

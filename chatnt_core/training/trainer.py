@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
+from torch import nn
 
 from chatnt_core.batching import IGNORE_INDEX, collate
 from chatnt_core.config import ResolvedConfig, load_config, parse_config, resolve_config
@@ -105,14 +106,22 @@ def _training_cards(data: TrainingData) -> dict[str, Any]:
     return {name: card for name, card in load_task_cards().items() if name in present}
 
 
-def set_train_mode(model: ChatNTModel, gradient_checkpointing: bool) -> None:
+def set_train_mode(
+    model: ChatNTModel, gradient_checkpointing: bool, lr_scale: Mapping[Any, float] | None = None
+) -> None:
     """Train mode for parts that learn; frozen parts stay in eval mode (no dropout), except a
-    checkpointed decoder, which Hugging Face only checkpoints in train mode."""
+    checkpointed decoder, which Hugging Face only checkpoints in train mode. A part held at
+    ``lr_scale`` 0 counts as frozen: its running statistics (batch norm) stay as they are."""
     model.train()
-    parts = [*model.encoders.values(), *model.projections.values(), model.decoder]
-    for part in parts:
-        frozen = not any(p.requires_grad for p in part.parameters())
-        if frozen and not (gradient_checkpointing and part is model.decoder):
+    scales = lr_scale or {}
+    parts: list[tuple[str, nn.Module]] = [
+        *(("encoders", m) for m in model.encoders.values()),
+        *(("projections", m) for m in model.projections.values()),
+        ("decoder", model.decoder),
+    ]
+    for kind, part in parts:
+        trains = any(p.requires_grad for p in part.parameters()) and scales.get(kind, 1.0) != 0
+        if not trains and not (gradient_checkpointing and part is model.decoder):
             part.eval()
 
 
@@ -483,7 +492,7 @@ class Trainer:
         logger = (
             MetricsLogger(self.output_dir, resume_step, self.config.tensorboard) if main else None
         )
-        set_train_mode(self.model, self.config.gradient_checkpointing)
+        set_train_mode(self.model, self.config.gradient_checkpointing, self.config.lr_scale)
         total, completed, unit = self._progress()
         last_loss: float | None = None
         saved: Path | None = None

@@ -13,7 +13,8 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -185,6 +186,20 @@ def load_tokenizer(
     return tokenizer
 
 
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """transformers' progress bars off for the duration, as they were afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(params: HFCausalLMParams, tokenizer_size: int) -> PreTrainedModel:
     """The causal LM the params describe: pretrained weights or a seeded random init."""
     dtype = _DTYPES[params.dtype]
@@ -199,7 +214,8 @@ def load_model(params: HFCausalLMParams, tokenizer_size: int) -> PreTrainedModel
             if gguf_file is not None:
                 model = load_gguf_model(location, gguf_file, dtype, **options)
             else:
-                model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **options)
+                with _quiet_loading():  # a few seconds: no per-tensor bar in users' answers
+                    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **options)
         except (OSError, ValueError, KeyError) as exc:
             raise _load_error("path", params.path, exc) from exc
         return model
@@ -384,7 +400,7 @@ class HFCausalLM(Decoder):
             logits_to_keep=logits_to_keep,
             **{self._cache_argument: past_key_values},
         )
-        cache = getattr(output, "past_key_values", None) if use_cache else None
+        cache = getattr(output, self._cache_argument, None) if use_cache else None
         return DecoderOutput(logits=output.logits, past_key_values=cache)
 
     def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
