@@ -123,12 +123,11 @@ def generate(
     seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Assemble a model from a config and answer one question (weights as the config says)."""
-    from chatnt_core.cli_ask import parse_seq_option
+    from chatnt_core.cli_ask import parse_seq_options
     from chatnt_core.modality import Modality
     from chatnt_core.model import ChatNTModel
 
-    records = [parse_seq_option(item, Modality.DNA) for item in seq or []]
-    sequences = {record.name: record for record in records}
+    sequences = parse_seq_options(seq, Modality.DNA)
     started = time.perf_counter()
     model = ChatNTModel.from_config(source).eval()
     built = time.perf_counter()

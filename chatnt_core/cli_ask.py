@@ -57,6 +57,13 @@ def _modality_for(name: str, default: Modality) -> Modality:
     return modality_from_tag(name) or default
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows: an inline sequence
+        return False
+
+
 def parse_seq_option(value: str, default: Modality) -> SequenceInput:
     """``NAME=SEQUENCE`` or ``NAME=FILE``; the file must hold exactly one FASTA record."""
     from chatnt_core.fasta import read_fasta
@@ -68,7 +75,7 @@ def parse_seq_option(value: str, default: Modality) -> SequenceInput:
         raise ChatNTError(f"--seq '{value}' is not NAME=SEQUENCE or NAME=FILE")
     modality = _modality_for(name, default)
     path = Path(payload)
-    if path.is_file():
+    if _is_file(path):
         records = read_fasta(path, modality)
         if len(records) > 1:
             raise ChatNTError(
@@ -79,6 +86,17 @@ def parse_seq_option(value: str, default: Modality) -> SequenceInput:
     elif any(char in payload for char in "/\\."):
         raise ChatNTError(f"--seq {name}=...: file '{payload}' does not exist")
     return SequenceInput(name, payload, modality)
+
+
+def parse_seq_options(values: list[str] | None, default: Modality) -> dict[str, SequenceInput]:
+    """Every ``--seq`` by tag name; a name given twice is an error, not a silent override."""
+    found: dict[str, SequenceInput] = {}
+    for value in values or []:
+        item = parse_seq_option(value, default)
+        if item.name in found:
+            raise ChatNTError(f"--seq {item.name} is given twice; give each @tag one sequence")
+        found[item.name] = item
+    return found
 
 
 NO_TASK_LINE = "no task card matched this question{why}: no label or probability; pass --task NAME"
@@ -124,7 +142,7 @@ def ask_command(
     """
     from chatnt_core.api import ChatNT
 
-    sequences = {s.name: s for s in (parse_seq_option(v, modality) for v in seq or [])}
+    sequences = parse_seq_options(seq, modality)
     bot = ChatNT.load(checkpoint)
     answer = bot.ask(
         question,

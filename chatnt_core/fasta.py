@@ -22,10 +22,14 @@ Example::
 
 from __future__ import annotations
 
+import gzip
+import io
 import re
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from chatnt_core.errors import ChatNTError
 from chatnt_core.modality import ALPHABETS, Modality
@@ -127,14 +131,31 @@ def parse_fasta(
     return records
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def open_text(path: Path) -> IO[str]:
+    """``path`` opened as UTF-8 text, gunzipped on the fly when it is gzip data (told by its
+    first bytes, not its name: ``.fna.gz`` files are common, and so are misnamed ones)."""
+    with path.open("rb") as raw:
+        compressed = raw.read(2) == GZIP_MAGIC
+    if compressed:
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return path.open(encoding="utf-8", newline="")
+
+
 def read_fasta(path: str | Path, modality: ModalityRule = None) -> list[FastaRecord]:
-    """Read and check a FASTA file (UTF-8 or ASCII); see ``parse_fasta``."""
+    """Read and check a FASTA file (UTF-8 or ASCII, plain or gzipped); see ``parse_fasta``."""
     path = Path(path)
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        with open_text(path) as handle:
             return parse_fasta(handle, str(path), modality)
     except UnicodeDecodeError as exc:
         raise FastaError(f"{path}: not a text file ({exc.reason}); give a FASTA file") from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise FastaError(
+            f"{path}: damaged gzip data ({exc or 'it ends early'}); re-download or re-compress it"
+        ) from None
     except OSError as exc:
         raise FastaError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
 

@@ -158,6 +158,11 @@ class ChatNTModel(nn.Module):
                 f"got {len(questions)} questions but {len(sequences)} sequence mappings; "
                 "give one mapping per question"
             )
+        if any(not question.strip() for question in questions):
+            raise PromptError(
+                "the question is empty: write what you want to know about the sequence, "
+                "e.g. 'Is there a CTCF site in @seq.fna?'"
+            )
         examples = [Example([Turn(q)], as_sequence_inputs(s)) for q, s in zip(questions, sequences)]
         return self.tokenize(examples).to(self.device)
 

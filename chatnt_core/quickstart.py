@@ -67,9 +67,11 @@ PRETRAINED = Recipe(
     },
     note=(
         "The paper's recipe at laptop scale: a pretrained English LLM (SmolLM2-135M-Instruct) "
-        "kept frozen, with an English-aware Perceiver and a motif-scanning CNN encoder "
-        "trained so it reads DNA; the encoder is first warmed up on the training labels, "
-        "standing in for a pretrained encoder such as NT-v2 (registry/training/quickstart.yaml)."
+        "kept frozen (gated LoRA adapters act only from a sequence on), with an English-aware "
+        "Perceiver and a motif-scanning CNN encoder trained so it reads DNA. The encoder is "
+        "first warmed up on the training labels, standing in for a pretrained encoder such as "
+        "NT-v2; the Perceiver is then taught to hand the LLM the answer's label words (label "
+        "anchors) before the chat training (registry/training/quickstart.yaml)."
     ),
     max_new_tokens=48,
     threads=None,
@@ -323,11 +325,16 @@ def run_quickstart(settings: QuickstartSettings, console: Console | None = None)
     loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
     console.print(f"step {result.step}, loss {loss}, checkpoint {checkpoint}")
 
-    console.rule("3/5 calibration (Platt scaling on training examples)")
+    console.rule("3/5 calibration (Platt scaling on new sequences, training phrasings)")
     model = ChatNTModel.from_checkpoint(checkpoint).eval()
     cards = load_task_cards()
     fitted, _ = fit_calibrators(
-        model, data_dir, cards, max_per_task=settings.eval_per_task, seed=settings.seed
+        model,
+        data_dir,
+        cards,
+        max_per_task=settings.eval_per_task,
+        seed=settings.seed,
+        split="validation",
     )
     save_calibration(checkpoint, fitted, data_dir)
     console.print(f"calibrated: {', '.join(fitted) or 'none'}")

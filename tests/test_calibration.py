@@ -145,3 +145,20 @@ def test_ece_by_hand() -> None:
         expected_calibration_error([0.5], [2])
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         expected_calibration_error([1.5], [1])
+
+
+def test_the_paper_regularisation_is_per_example() -> None:
+    from chatnt_core.evaluation.calibrate import paper_regularisation
+
+    assert paper_regularisation(10_000) == pytest.approx(0.1)  # the paper's setting
+    assert paper_regularisation(200) == pytest.approx(5.0)  # same weight per example
+    # squeezed but well-ordered scores: the per-example strength lets the fit stretch them
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    probs = 0.5 + 0.04 * (labels - 0.5) + rng.normal(0, 0.005, 200)
+    weak = PlattCalibrator(C=paper_regularisation(200)).fit(probs, labels)
+    strong = PlattCalibrator(C=0.1).fit(probs, labels)
+    assert weak.coef is not None and strong.coef is not None and weak.coef > 3 * strong.coef
+    calibrated = weak.predict_proba(probs)
+    assert np.mean((calibrated > 0.5) == labels) > 0.95
+    assert abs(calibrated[labels == 1].mean() - 1) < 0.2

@@ -95,6 +95,21 @@ def test_unknown_tag_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> N
     assert_one_line_error(code, err, "not a checkpoint directory")
 
 
+def test_long_inline_sequences_work_and_bad_seq_options_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    long = "ACGT" * 100  # 400 letters: longer than a file name may be on most systems
+    args = ["ask", "tiny-random", CTCF_QUESTION, "--seq", f"p.fna={long}"]
+    for command in (args, ["generate", *args[1:]]):
+        code, out, err = run_cli([*command, "--max-new-tokens", "2"], capsys)
+        assert code == 0 and out.strip() and "Traceback" not in err, err
+    code, _, err = run_cli([*args, "--seq", "p.fna=GGCC"], capsys)
+    assert_one_line_error(code, err, "--seq p.fna is given twice")
+    for blank in ("", "   "):
+        code, _, err = run_cli(["ask", "tiny-random", blank, "--seq", "p.fna=AC"], capsys)
+        assert_one_line_error(code, err, "the question is empty")
+
+
 BAD_FASTA = {
     "sequence-first": ("ACGT\n>a\nACGT\n", "line 1", "before any '>' header"),
     "empty-id": (">a\nACGT\n> x\nAC\n", "line 3", "has no id"),

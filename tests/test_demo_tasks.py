@@ -110,7 +110,11 @@ def test_records_are_deterministic_for_a_seed_and_use_the_right_pools() -> None:
     assert Counter(r["task"] for r in first) == {name: 25 for name in DEMO_TASKS}
     cards = demo_cards()
     test = demo_records("test", 10, 3)
-    for records, split in ((first, "train"), (test, "test")):
+    validation = demo_records("validation", 10, 3)
+    train_sequences = {r["sequences"][0]["sequence"] for r in first}
+    assert not train_sequences & {r["sequences"][0]["sequence"] for r in validation}
+    assert all(len(r["turns"]) == 1 for r in validation)  # one question, as in calibration
+    for records, split in ((first, "train"), (test, "test"), (validation, "train")):
         for record in records:
             card = cards[record["task"]]
             pool = getattr(card.questions, split)
@@ -128,7 +132,9 @@ def test_write_demo_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     manifest = write_demo(tmp_path / "demo", train_size=20, test_size=5, seed=7)
     train = datasets.load_from_disk(str(tmp_path / "demo" / "train"))
     test = datasets.load_from_disk(str(tmp_path / "demo" / "test"))
-    assert (len(train), len(test)) == (80, 20)
+    validation = datasets.load_from_disk(str(tmp_path / "demo" / "validation"))
+    assert (len(train), len(test), len(validation)) == (80, 20, 20)
+    assert manifest["splits"]["validation"] == {"records": 20}
     assert set(manifest["tasks"]) == set(DEMO_TASKS)
     saved = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert (

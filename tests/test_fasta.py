@@ -86,3 +86,18 @@ def test_tag_names_for_record_ids() -> None:
     assert tag_name("prom1") == "prom1"
     assert tag_name("sp|P69905|HBA_HUMAN") == "sp_P69905_HBA_HUMAN"
     assert is_tag_name(tag_name("-odd-.")) and is_tag_name(tag_name("|"))
+
+
+def test_gzipped_fasta_is_read_by_its_content_and_damage_is_one_line(tmp_path: Path) -> None:
+    import gzip
+
+    text = ">a first\nACGT\nAC\n>b\nTTTT\n"
+    for name in ("in.fna.gz", "misnamed.fa"):  # told by the bytes, not the suffix
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(text.encode()))
+        records = read_fasta(path, Modality.DNA)
+        assert [(r.id, r.sequence) for r in records] == [("a", "ACGTAC"), ("b", "TTTT")]
+    damaged = tmp_path / "cut.fna.gz"
+    damaged.write_bytes(gzip.compress(text.encode())[:-12])
+    with pytest.raises(FastaError, match="damaged gzip data"):
+        read_fasta(damaged)

@@ -398,8 +398,8 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
 
 
 def publish(workdir: Path, out: Path) -> None:
-    """Move finished splits from the scratch folder into place (only after both succeeded)."""
-    for split in ("train", "test"):
+    """Move finished splits from the scratch folder into place (only after all succeeded)."""
+    for split in sorted(p.name for p in workdir.iterdir() if p.is_dir()):
         shutil.rmtree(out / split, ignore_errors=True)
         (workdir / split).rename(out / split)
 

@@ -347,12 +347,16 @@ def demo_records(split: str, size_per_task: int, seed: int) -> list[InstructionR
     also learns to answer follow-ups in a conversation (``chatnt chat``); another
     ``GENERAL_TURN_RATE`` go on with a general question naming no sequence. Either way the
     record keeps the task, label and value of its first turn. Test records keep one turn.
+    The validation split (for calibration) holds new sequences asked about with training
+    phrasings and tag names, one turn each: what the model was trained on, minus the
+    sequences, so a calibrator fitted there sees the confidence of unseen sequences.
     """
-    split_index = {"train": 0, "test": 1}[split]
-    generator = DemoGenerator(seed * 2 + split_index)
+    split_index = {"train": 0, "test": 1, "validation": 2}[split]
+    generator = DemoGenerator(seed * 2 + split_index if split_index < 2 else seed * 2 + 10**6)
     text_rng = random.Random(f"demo:{seed}:{split}")
     cards = demo_cards()
-    makers = {name: RecordMaker(card, split, text_rng) for name, card in cards.items()}
+    pools = "test" if split == "test" else "train"  # validation: training phrasings and tags
+    makers = {name: RecordMaker(card, pools, text_rng) for name, card in cards.items()}
     records: list[InstructionRecord] = []
     for name in cards:
         for _ in range(size_per_task):
@@ -374,14 +378,22 @@ def demo_records(split: str, size_per_task: int, seed: int) -> list[InstructionR
 
 
 def write_demo(
-    out: Path, train_size: int = 1000, test_size: int = 200, seed: int = 0, overwrite: bool = False
+    out: Path,
+    train_size: int = 1000,
+    test_size: int = 200,
+    seed: int = 0,
+    overwrite: bool = False,
+    validation_size: int | None = None,
 ) -> dict[str, Any]:
-    """Write ``out/train``, ``out/test`` and ``out/manifest.json``; returns the manifest."""
-    if train_size < 1 or test_size < 1:
+    """Write ``out/train``, ``out/test``, ``out/validation`` (``validation_size`` per task,
+    default ``test_size``) and ``out/manifest.json``; returns the manifest."""
+    validation_size = test_size if validation_size is None else validation_size
+    if train_size < 1 or test_size < 1 or validation_size < 1:
         raise DataError("--train-size and --test-size must be at least 1")
     workdir = prepare_output(out, overwrite)
+    sizes = {"train": train_size, "test": test_size, "validation": validation_size}
     try:
-        for split, size in (("train", train_size), ("test", test_size)):
+        for split, size in sizes.items():
             write_records(demo_records(split, size, seed), workdir / split, split)
         publish(workdir, out)
     finally:
@@ -392,10 +404,7 @@ def write_demo(
         "task": "demo",
         "tasks": {name: card.content_hash() for name, card in demo_cards().items()},
         "seed": seed,
-        "splits": {
-            "train": {"records": train_size * len(DEMO_TASKS)},
-            "test": {"records": test_size * len(DEMO_TASKS)},
-        },
+        "splits": {split: {"records": size * len(DEMO_TASKS)} for split, size in sizes.items()},
         "motifs": {
             "release": motifs.release,
             "matrix_ids": {name: motif.matrix_id for name, motif in motifs.motifs.items()},

@@ -122,6 +122,10 @@ def calibrate_command(
     max_per_task: Annotated[
         int, typer.Option(min=1, help="training examples per task (paper: 10000)")
     ] = 10_000,
+    split: Annotated[
+        str,
+        typer.Option(help="split to fit on: train (paper) or one of unseen sequences"),
+    ] = "train",
     batch_size: Annotated[int, typer.Option(min=1, help="questions per scoring batch")] = 32,
     tasks: Annotated[
         str | None, typer.Option(help="comma-separated binary tasks (default: all binary)")
@@ -135,7 +139,7 @@ def calibrate_command(
     from chatnt_core.errors import ChatNTError
 
     names = _task_list(tasks)
-    cards = _check_data(data, "train", names)
+    cards = _check_data(data, split, names)
 
     from chatnt_core.evaluation.calibrate import fit_calibrators, save_calibration
 
@@ -149,6 +153,7 @@ def calibrate_command(
         batch_size=batch_size,
         seed=seed,
         progress=True,
+        split=split,
     )
     for name, why in skipped.items():
         typer.echo(f"skipped {name}: {why}", err=True)
