@@ -170,7 +170,7 @@ def test_calibrators_are_stored_and_used(
     path = save_calibration(checkpoint, fitted, demo)
     stored = json.loads(path.read_text())
     assert path.name == CALIBRATION_FILE and list(stored["tasks"]) == ["demo-ctcf-site"]
-    assert stored["tasks"]["demo-ctcf-site"]["calibrator"]["C"] == 0.1
+    assert stored["tasks"]["demo-ctcf-site"]["calibrator"]["C"] == pytest.approx(0.1 * 10_000 / 6)
     save_calibration(checkpoint, {"other": fitted["demo-ctcf-site"]}, demo)  # merges
     loaded = load_calibration(checkpoint)
     assert sorted(loaded) == ["demo-ctcf-site", "other"]
