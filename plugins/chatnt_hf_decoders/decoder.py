@@ -13,8 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -31,7 +30,11 @@ from transformers import (
 
 from chatnt_core.errors import ConfigError
 from chatnt_core.interfaces import Decoder, DecoderOutput
-from chatnt_core.model_store import load_gguf_model, resolve_decoder_path
+from chatnt_core.model_store import (
+    load_gguf_model,
+    quiet_hf_progress_bars,
+    resolve_decoder_path,
+)
 from chatnt_core.plugins import BuildContext
 from chatnt_hf_decoders.byte_tokenizer import build_byte_tokenizer
 
@@ -186,20 +189,6 @@ def load_tokenizer(
     return tokenizer
 
 
-@contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """transformers' progress bars off for the duration, as they were afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def load_model(params: HFCausalLMParams, tokenizer_size: int) -> PreTrainedModel:
     """The causal LM the params describe: pretrained weights or a seeded random init."""
     dtype = _DTYPES[params.dtype]
@@ -214,7 +203,7 @@ def load_model(params: HFCausalLMParams, tokenizer_size: int) -> PreTrainedModel
             if gguf_file is not None:
                 model = load_gguf_model(location, gguf_file, dtype, **options)
             else:
-                with _quiet_loading():  # a few seconds: no per-tensor bar in users' answers
+                with quiet_hf_progress_bars():  # a few seconds: no per-tensor bar in users' answers
                     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **options)
         except (OSError, ValueError, KeyError) as exc:
             raise _load_error("path", params.path, exc) from exc
