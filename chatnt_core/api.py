@@ -226,7 +226,7 @@ class ChatNT:
             stop_token_ids=tuple(stop_token_ids),
         )
         ids = generate_ids(self.model, batch, config)
-        texts = [self.model.decoder.detokenize(row) for row in ids]
+        texts = self.model.answer_texts(batch, ids)
         return [_cut_at_stop(text, stops).strip() for text in texts]
 
     # ---- answers -----------------------------------------------------------------------

@@ -26,7 +26,9 @@ from chatnt_core.prompt import (
     Turn,
     bind_sequences,
     find_tags,
+    rename_tags,
     replace_tags,
+    tag_aliases,
 )
 from chatnt_core.templates import render_segments
 
@@ -54,6 +56,7 @@ class TokenizedExample:
     occurrences: list[Occurrence]
     questions: list[list[int]]  # per turn: the user message, tags as one placeholder id
     sequences: dict[str, BoundSequence]
+    user_names: dict[str, str] = field(default_factory=dict)  # alias -> the user's tag name
 
 
 @dataclass
@@ -69,6 +72,7 @@ class ModelBatch:
     occurrence_question: list[int]  # (O,) row of question_ids
     question_ids: torch.Tensor  # (Qn, Q) long, right-padded
     question_mask: torch.Tensor  # (Qn, Q) bool
+    user_names: list[dict[str, str]] = field(default_factory=list)  # (B,) alias -> tag name
 
     def to(self, device: torch.device | str) -> ModelBatch:
         return ModelBatch(
@@ -81,6 +85,7 @@ class ModelBatch:
             self.occurrence_question,
             self.question_ids.to(device),
             self.question_mask.to(device),
+            self.user_names,
         )
 
     @property
@@ -104,7 +109,8 @@ def tokenize_example(
     occurrences: list[Occurrence] = []
     turns: list[Turn] = []
     questions: list[list[int]] = []  # the projection's view: tags as one placeholder, no names
-    keep_names = prompt.tag_names == "keep"
+    keep_names = prompt.tag_names in ("keep", "alias")
+    aliases = tag_aliases(t.user for t in example.turns) if prompt.tag_names == "alias" else {}
     for index, turn in enumerate(example.turns):
         if marker in turn.user:
             raise PromptError(
@@ -112,7 +118,9 @@ def tokenize_example(
                 "refer to sequences with @tags instead"
             )
         occurrences += [Occurrence(tag, index) for tag in find_tags(turn.user)]
-        turns.append(Turn(replace_tags(turn.user, marker, keep_names), turn.assistant))
+        user = replace_tags(rename_tags(turn.user, aliases), marker, keep_names)
+        answer = None if turn.assistant is None else rename_tags(turn.assistant, aliases)
+        turns.append(Turn(user, answer))
         questions.append(decoder.tokenize(replace_tags(turn.user, marker)))
 
     ids: list[int] = []
@@ -144,7 +152,10 @@ def tokenize_example(
             f"K={num_latents} of them) but the decoder holds {decoder.max_context}; use fewer "
             "tags or turns, or a smaller num_latents"
         )
-    return TokenizedExample(expanded_ids, expanded_labels, occurrences, questions, bound)
+    user_names = {alias: tag for tag, alias in aliases.items()}
+    return TokenizedExample(
+        expanded_ids, expanded_labels, occurrences, questions, bound, user_names
+    )
 
 
 def collate(examples: Sequence[TokenizedExample], pad_token_id: int) -> ModelBatch:
@@ -198,6 +209,7 @@ def collate(examples: Sequence[TokenizedExample], pad_token_id: int) -> ModelBat
         occurrence_question,
         question_ids,
         question_mask,
+        [example.user_names for example in examples],
     )
 
 

@@ -61,11 +61,14 @@ class PromptConfig(_Strict):
         "'native': the decoder tokenizer's own chat template",
     )
     system_prompt: str = Field(VICUNA_SYSTEM_PROMPT, description="system message")
-    tag_names: Literal["replace", "keep"] = Field(
+    tag_names: Literal["replace", "keep", "alias"] = Field(
         "replace",
         description="'replace': each @tag becomes its K sequence vectors (ChatNT); 'keep': "
-        "the decoder also reads the tag's name before its vectors, so answers can name it. "
-        "The projection's question never holds tag names either way.",
+        "the decoder also reads the tag's name before its vectors, so answers can name it; "
+        "'alias': as 'keep' but the decoder reads @seq1, @seq2, ... (order of first "
+        "appearance) and answers are given back with the user's names, so nothing the model "
+        "computes depends on how the files were named. The projection's question never holds "
+        "tag names in any mode.",
     )
 
 

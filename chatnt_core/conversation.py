@@ -45,7 +45,7 @@ class ChatSession:
         example = Example([*self.turns, Turn(message)], {**self.sequences, **new})
         batch = self.model.tokenize([example], require_all_used=False).to(self.model.device)
         ids = generate_ids(self.model, batch, self.generation, cache=self.cache)[0]
-        answer = self.model.decoder.detokenize(ids).strip()
+        answer = self.model.answer_texts(batch, [ids])[0].strip()
         self.turns.append(Turn(message, answer))
         self.sequences.update(new)
         return answer

@@ -13,13 +13,14 @@ is cut at the stop) until every row has stopped or ``max_new_tokens`` is reached
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
 from chatnt_core.errors import PromptTooLongError
+from chatnt_core.prefix_cache import drop_prefix, shared_prefix_length
 
 if TYPE_CHECKING:
     from chatnt_core.encoding_cache import EncodingCache
@@ -34,6 +35,26 @@ class GenerationConfig:
     seed: int | None = None  # for temperature sampling
     stop_token_ids: tuple[int, ...] = ()  # in addition to the decoder's EOS
     ignore_eos: bool = False  # run to max_new_tokens (benchmarks); stop_token_ids still stop
+
+
+def _shared_prefix(model: ChatNTModel, batch: ModelBatch) -> tuple[Any, int]:
+    """The KV cache of the prompt start every row shares (system text and the question up
+    to its first tag: in ``chatnt batch`` every record), repeated per row, and its length;
+    ``(None, 0)`` when there is none or the decoder cannot repeat its cache."""
+    if not (model.use_prefix_cache and model._prefix_cacheable()):
+        return None, 0
+    ids, mask = batch.input_ids, batch.attention_mask
+    prefix = shared_prefix_length(ids, mask, batch.labels, model.decoder.placeholder_token_id)
+    if prefix == 0:
+        return None, 0
+    first_real = int((~mask[0]).sum())
+    try:
+        past = model.prefix_cache.repeated(
+            model.decoder, ids[0, first_real : first_real + prefix], ids.shape[0]
+        )
+    except NotImplementedError:
+        return None, 0
+    return past, prefix
 
 
 def _next_tokens(
@@ -77,21 +98,34 @@ def generate_ids(
     rows = embeds.shape[0]
     finished = torch.zeros(rows, dtype=torch.bool, device=mask.device)
     produced: list[torch.Tensor] = []
-    past = None
-    step_embeds = embeds
     # gated LoRA adapters act from each row's first placeholder on (chatnt_core/adapter_gate.py)
     gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
     new_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
+    past, prefix = None, 0
+    if config.use_cache:
+        past, prefix = _shared_prefix(model, batch)
+    if prefix > 0:
+        # the rows' common start comes from the prefix cache; each row runs only the rest
+        embeds, gate = drop_prefix(embeds, mask, prefix), drop_prefix(gate, mask, prefix)
+        rest = drop_prefix(mask, mask, prefix)  # (B, T - P)
+        mask = torch.cat([rest.new_ones((rows, prefix)), rest], dim=1)
+    step_embeds = embeds
+    positions = position_ids_from_mask(mask)[:, -embeds.shape[1] :]  # (B, T - P)
     for _ in range(max_new):
-        positions = position_ids_from_mask(mask)
         if config.use_cache:
-            positions = positions[:, -step_embeds.shape[1] :]
             with adapters_gated(decoder, gate[:, -step_embeds.shape[1] :]):
-                out = decoder(step_embeds, mask, positions, past_key_values=past, use_cache=True)
+                out = decoder(
+                    step_embeds,
+                    mask,
+                    positions,
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
             past = out.past_key_values
         else:
             with adapters_gated(decoder, gate):
-                out = decoder(embeds, mask, positions)
+                out = decoder(embeds, mask, position_ids_from_mask(mask), logits_to_keep=1)
         token = _next_tokens(out.logits[:, -1], config.temperature, generator)  # (B,)
         token = torch.where(finished, torch.full_like(token, decoder.pad_token_id), token)
         produced.append(token)
@@ -103,6 +137,7 @@ def generate_ids(
             embeds = torch.cat([embeds, step_embeds.to(embeds.dtype)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         gate = torch.cat([gate, new_gate], dim=1)
+        positions = positions[:, -1:] + 1  # (B, 1)
 
     tokens = torch.stack(produced, dim=1).tolist() if produced else [[] for _ in range(rows)]
     stop_set = set(stops.tolist())

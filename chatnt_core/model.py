@@ -39,7 +39,7 @@ from chatnt_core.prefix_cache import (
     frozen_columns,
     shared_prefix_length,
 )
-from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs
+from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, rename_tags
 
 
 @dataclass
@@ -381,4 +381,10 @@ class ChatNTModel(nn.Module):
         batch = self.prompt_batch(questions, sequences)
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         ids = generate_ids(self, batch, config)
-        return [self.decoder.detokenize(row).strip() for row in ids]
+        return [text.strip() for text in self.answer_texts(batch, ids)]
+
+    def answer_texts(self, batch: ModelBatch, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Generated ids of each batch row as text, with the user's tag names put back
+        (the ``alias`` prompt mode shows the decoder @seq1, @seq2, ... instead)."""
+        names = batch.user_names or [{} for _ in ids]
+        return [rename_tags(self.decoder.detokenize(list(row)), n) for row, n in zip(ids, names)]

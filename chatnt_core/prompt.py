@@ -66,6 +66,30 @@ def replace_tags(text: str, replacement: str, keep_names: bool = False) -> str:
     return TAG_PATTERN.sub(lambda m: m.group(0) + replacement if keep_names else replacement, text)
 
 
+def tag_aliases(texts: Iterable[str]) -> dict[str, str]:
+    """Each distinct tag in ``texts`` -> ``seq1``, ``seq2``, ... in order of first appearance.
+
+    The ``alias`` prompt mode shows the decoder these names instead of the user's, so what it
+    reads and answers cannot depend on how files were named (the paper's model never sees
+    names at all: its placeholder carries none).
+    """
+    aliases: dict[str, str] = {}
+    for text in texts:
+        for tag in find_tags(text):
+            aliases.setdefault(tag, f"seq{len(aliases) + 1}")
+    return aliases
+
+
+def rename_tags(text: str, names: Mapping[str, str]) -> str:
+    """The text with each tag in ``names`` renamed (one pass, so swaps are safe)."""
+    if not names:
+        return text
+    return TAG_PATTERN.sub(
+        lambda m: "@" + names.get(m.group(1), m.group(1)),
+        text,
+    )
+
+
 def as_sequence_inputs(
     sequences: Mapping[str, str | SequenceInput] | Iterable[SequenceInput],
 ) -> dict[str, SequenceInput]:

@@ -129,6 +129,43 @@ def test_cached_and_uncached_greedy_generation_agree(model: ChatNTModel) -> None
     assert any(len(row) > 0 for row in cached)
 
 
+def test_shared_prefix_generation_matches_running_every_row_in_full() -> None:
+    """Padded rows, two tags in one prompt: the prefix cache changes nothing but the work.
+
+    The decoder's weights are drawn large so that its greedy tokens depend on the input
+    and on positions (at its default init the tiny decoder answers every row alike).
+    """
+    torch.manual_seed(0)
+    model = ChatNTModel.from_config("tiny-random").eval()
+    with torch.no_grad():
+        for param in model.decoder.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.5)
+    questions = [
+        "Is there a CTCF site in @a.fna?",
+        "Is there a CTCF site in @b.fna or in @a.fna, and why would there be one?",
+        "Is there a CTCF site in @p.faa?",
+    ]
+    sequences = [{"a.fna": DNA}, {"a.fna": DNA, "b.fna": DNA[:12]}, {"p.faa": PROTEIN}]
+    batch = model.prompt_batch(questions, sequences)
+    config = GenerationConfig(max_new_tokens=10, ignore_eos=True)
+    model.prefix_cache.clear()
+    shared = generate_ids(model, batch, config)
+    assert model.prefix_cache._entry is not None  # the shared start was cached ...
+    prefix = len(model.prefix_cache._entry.key[0])
+    assert prefix > 5  # ... system text and "Is there a CTCF site in"
+    model.use_prefix_cache = False
+    try:
+        plain = generate_ids(model, batch, config)
+    finally:
+        model.use_prefix_cache = True
+    full = generate_ids(
+        model, batch, GenerationConfig(max_new_tokens=10, ignore_eos=True, use_cache=False)
+    )
+    assert shared == plain == full
+    assert shared[0] != shared[1]  # the rows' answers differ, so the check has teeth
+
+
 def test_batched_generation_matches_one_by_one(model: ChatNTModel) -> None:
     questions = ["Short @a.fna", "A considerably longer question about @b.fna, is it?"]
     sequences = [{"a.fna": DNA}, {"b.fna": DNA[:20]}]

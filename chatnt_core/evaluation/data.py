@@ -155,9 +155,10 @@ def generate_answers(
     answers = [""] * len(records)
     for batch in length_batches(records, batch_size):
         examples = [record_to_example(records[i], with_answers=False) for i in batch]
-        ids = generate_ids(model, model.tokenize(examples).to(model.device), config)
-        for i, row in zip(batch, ids):
-            answers[i] = model.decoder.detokenize(row).strip()
+        tokenized = model.tokenize(examples).to(model.device)
+        texts = model.answer_texts(tokenized, generate_ids(model, tokenized, config))
+        for i, text in zip(batch, texts):
+            answers[i] = text.strip()
         advance(len(batch))
     return answers
 
