@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ class BatchReport:
     skipped: int  # records that already had a row when the run started
     answered: int  # records this process answered
     complete: bool  # every record has a row in ``out`` (main process)
+    seconds: float = 0.0  # spent answering on this process (model loading excluded)
 
 
 def output_format(out: Path) -> str:
@@ -312,6 +314,7 @@ def run_batch(
         "temperature": temperature,
         "seed": seed,
     }
+    started = time.perf_counter()
     with state.split_between_processes(todo) as mine:
         visible = progress and state.is_main_process
         with Progress(disable=not visible, transient=False) as bar:
@@ -333,6 +336,7 @@ def run_batch(
                         on_batch(batches)
             finally:
                 writer.close()
+    seconds = time.perf_counter() - started
     state.wait_for_everyone()
     complete = False
     if state.is_main_process:
@@ -341,4 +345,4 @@ def run_batch(
         else:
             complete = not (set(order) - done_ids(out, fmt))
     state.wait_for_everyone()
-    return BatchReport(out, len(records), len(done), answered, complete)
+    return BatchReport(out, len(records), len(done), answered, complete, seconds)

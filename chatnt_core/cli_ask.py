@@ -322,7 +322,9 @@ def batch_command(
         raise typer.Exit(130) from None
     if state.is_main_process:
         status = "complete" if report.complete else "incomplete (rerun to resume)"
+        rate = report.answered / report.seconds if report.seconds > 0 else 0.0
         typer.echo(
             f"{report.out}: {report.total} records, {report.skipped} already done, "
-            f"{report.answered} answered here; {status}"
+            f"{report.answered} answered here in {report.seconds:.1f} s "
+            f"({rate:.2f} records/s); {status}"
         )

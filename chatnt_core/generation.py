@@ -37,6 +37,41 @@ class GenerationConfig:
     ignore_eos: bool = False  # run to max_new_tokens (benchmarks); stop_token_ids still stop
 
 
+@dataclass
+class PromptState:
+    """The decoder after reading a batch of prompts: what answer generation and answer
+    scoring both start from."""
+
+    logits: torch.Tensor  # (B, V) at each row's last prompt position
+    past: Any  # the decoder's KV cache over the whole prompt
+    mask: torch.Tensor  # (B, P + T') attention mask matching ``past``
+    next_positions: torch.Tensor  # (B, 1) position id of the first answer token
+
+
+def run_prompt(model: ChatNTModel, batch: ModelBatch, embeds: torch.Tensor) -> PromptState:
+    """Run the (B, T, D) merged prompt embeddings through the decoder once.
+
+    The start every row shares (system text, question up to the first tag) comes from the
+    model's prefix cache when the decoder allows it; logits are computed at the last
+    position only (a full-vocabulary row per prompt position would be B x T x V floats).
+    """
+    decoder = model.decoder
+    mask = batch.attention_mask  # (B, T)
+    gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
+    past, prefix = _shared_prefix(model, batch)
+    if prefix > 0:
+        # the rows' common start comes from the prefix cache; each row runs only the rest
+        embeds, gate = drop_prefix(embeds, mask, prefix), drop_prefix(gate, mask, prefix)
+        rest = drop_prefix(mask, mask, prefix)  # (B, T - P)
+        mask = torch.cat([rest.new_ones((rest.shape[0], prefix)), rest], dim=1)
+    positions = position_ids_from_mask(mask)[:, -embeds.shape[1] :]  # (B, T - P)
+    with adapters_gated(decoder, gate):
+        out = decoder(
+            embeds, mask, positions, past_key_values=past, use_cache=True, logits_to_keep=1
+        )
+    return PromptState(out.logits[:, -1], out.past_key_values, mask, positions[:, -1:] + 1)
+
+
 def _shared_prefix(model: ChatNTModel, batch: ModelBatch) -> tuple[Any, int]:
     """The KV cache of the prompt start every row shares (system text and the question up
     to its first tag: in ``chatnt batch`` every record), repeated per row, and its length;
@@ -94,26 +129,31 @@ def generate_ids(
         generator = torch.Generator(device=batch.input_ids.device).manual_seed(config.seed)
 
     embeds = model.embed_prompt(batch, cache)  # (B, T, D)
-    mask = batch.attention_mask  # (B, T)
     rows = embeds.shape[0]
-    finished = torch.zeros(rows, dtype=torch.bool, device=mask.device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=embeds.device)
     produced: list[torch.Tensor] = []
     # gated LoRA adapters act from each row's first placeholder on (chatnt_core/adapter_gate.py)
-    gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
     new_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
-    past, prefix = None, 0
     if config.use_cache:
-        past, prefix = _shared_prefix(model, batch)
-    if prefix > 0:
-        # the rows' common start comes from the prefix cache; each row runs only the rest
-        embeds, gate = drop_prefix(embeds, mask, prefix), drop_prefix(gate, mask, prefix)
-        rest = drop_prefix(mask, mask, prefix)  # (B, T - P)
-        mask = torch.cat([rest.new_ones((rows, prefix)), rest], dim=1)
-    step_embeds = embeds
-    positions = position_ids_from_mask(mask)[:, -embeds.shape[1] :]  # (B, T - P)
-    for _ in range(max_new):
+        state = run_prompt(model, batch, embeds)
+        logits, past, mask, positions = state.logits, state.past, state.mask, state.next_positions
+    else:
+        mask = batch.attention_mask  # (B, T)
+        gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
+        with adapters_gated(decoder, gate):
+            out = decoder(embeds, mask, position_ids_from_mask(mask), logits_to_keep=1)
+        logits = out.logits[:, -1]
+    for step in range(max_new):
+        token = _next_tokens(logits, config.temperature, generator)  # (B,)
+        token = torch.where(finished, torch.full_like(token, decoder.pad_token_id), token)
+        produced.append(token)
+        finished |= torch.isin(token, stops)
+        if bool(finished.all()) or step == max_new - 1:
+            break
+        step_embeds = decoder.embed_tokens(token[:, None])  # (B, 1, D)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         if config.use_cache:
-            with adapters_gated(decoder, gate[:, -step_embeds.shape[1] :]):
+            with adapters_gated(decoder, new_gate):
                 out = decoder(
                     step_embeds,
                     mask,
@@ -123,21 +163,13 @@ def generate_ids(
                     logits_to_keep=1,
                 )
             past = out.past_key_values
+            positions = positions + 1  # (B, 1)
         else:
+            embeds = torch.cat([embeds, step_embeds.to(embeds.dtype)], dim=1)
+            gate = torch.cat([gate, new_gate], dim=1)
             with adapters_gated(decoder, gate):
                 out = decoder(embeds, mask, position_ids_from_mask(mask), logits_to_keep=1)
-        token = _next_tokens(out.logits[:, -1], config.temperature, generator)  # (B,)
-        token = torch.where(finished, torch.full_like(token, decoder.pad_token_id), token)
-        produced.append(token)
-        finished |= torch.isin(token, stops)
-        if bool(finished.all()):
-            break
-        step_embeds = decoder.embed_tokens(token[:, None])  # (B, 1, D)
-        if not config.use_cache:
-            embeds = torch.cat([embeds, step_embeds.to(embeds.dtype)], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        gate = torch.cat([gate, new_gate], dim=1)
-        positions = positions[:, -1:] + 1  # (B, 1)
+        logits = out.logits[:, -1]
 
     tokens = torch.stack(produced, dim=1).tolist() if produced else [[] for _ in range(rows)]
     stop_set = set(stops.tolist())

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import Example, ModelBatch, position_ids_from_mask, tokenize_example
 from chatnt_core.errors import PromptError
+from chatnt_core.generation import run_prompt
 from chatnt_core.prompt import Turn
 
 if TYPE_CHECKING:
@@ -182,6 +183,17 @@ def _gather(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return log_probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
+LOGITS_BUDGET_BYTES = 256 * 2**20
+
+
+def rows_within_budget(rows: int, width: int, vocabulary: int) -> int:
+    """Candidate rows per decoder call whose float32 logits and log-probabilities
+    ((rows, width - 1, V) each) stay within ``LOGITS_BUDGET_BYTES``: 512 candidate rows of
+    10 tokens over a 49,152-word vocabulary would otherwise take 1.8 GB at once."""
+    per_row = max(width - 1, 1) * vocabulary * 4 * 2
+    return max(1, min(rows, LOGITS_BUDGET_BYTES // per_row))
+
+
 @torch.no_grad()
 def score_candidates(
     model: ChatNTModel,
@@ -207,21 +219,18 @@ def score_candidates(
     decoder = model.decoder
 
     embeds = model.embed_prompt(batch, cache)  # (B, T, D)
-    prompt_mask = batch.attention_mask  # (B, T)
-    placeholder = decoder.placeholder_token_id
-    with adapters_gated(decoder, placeholder_gate(batch.input_ids, placeholder)):
-        out = decoder(embeds, prompt_mask, position_ids_from_mask(prompt_mask), use_cache=True)
-    past = out.past_key_values
-    answer_gate = row_gate(batch.input_ids, placeholder)  # (B, 1): gate of answer tokens
+    state = run_prompt(model, batch, embeds)  # shared prefix cached, last logits only
+    past, prompt_mask = state.past, state.mask  # prompt_mask: (B, P + T')
+    answer_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
     # The last prompt position predicts every candidate's first token.
-    first = F.log_softmax(out.logits[:, -1].float(), dim=-1)  # (B, V)
-    prompt_length = prompt_mask.sum(dim=-1)  # (B,) position of the first answer token
+    first = F.log_softmax(state.logits.float(), dim=-1)  # (B, V)
+    prompt_length = state.next_positions[:, 0]  # (B,) position of the first answer token
 
     flat = [ids for row in answer_ids for ids in row]
     owner = torch.tensor([b for b, n in enumerate(counts) for _ in range(n)], device=device)
     ids, mask = _pack(flat, decoder.pad_token_id, device)  # (R, L)
     scores = torch.zeros(ids.shape, device=device)  # (R, L)
-    step = max_rows or len(flat)
+    step = max_rows or rows_within_budget(len(flat), ids.shape[1], first.shape[-1])
     for start in range(0, len(flat), step):
         rows = slice(start, start + step)
         index = owner[rows]  # (r,)

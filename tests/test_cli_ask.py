@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ def test_batch_writes_one_row_per_record(
     base = ["batch", "tiny-random", "--fasta", str(fasta), "--out", str(out)]
     args = [*base, "--question", "Is there a CTCF binding site in @seq?", "--batch-size", "2"]
     code, stdout, _ = run_cli([*args, "--max-new-tokens", "2", "--no-progress"], capsys)
-    assert code == 0 and "3 records, 0 already done, 3 answered here; complete" in stdout
+    assert code == 0 and "3 records, 0 already done, 3 answered here in " in stdout
+    assert re.search(r"answered here in [0-9.]+ s \([0-9.]+ records/s\); complete", stdout)
     rows = [line.split("\t") for line in out.read_text().splitlines()]
     assert [r[0] for r in rows] == ["id", "a", "b", "c"]
     assert all(r[2] == "demo-ctcf-site" and 0 < float(r[5]) < 1 for r in rows[1:])

@@ -120,3 +120,31 @@ def test_bad_inputs_are_refused(model: ChatNTModel) -> None:
         score_candidates(model, prompts()[:2], [["yes"]])
     with pytest.raises(TypeError, match="cannot copy rows"):
         select_cache_rows(object(), torch.tensor([0]))
+
+
+def test_prefix_cache_and_logit_budget_keep_scores_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder whose outputs depend on content and positions (large weights): the shared
+    prefix cache and budget-sized row chunks change nothing in the scores."""
+    from chatnt_core import scoring
+
+    torch.manual_seed(0)
+    sharp = ChatNTModel.from_config("tiny-random").eval()
+    with torch.no_grad():
+        for param in sharp.decoder.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.5)
+    same_start = [
+        Example([Turn(f"Is there a site in @a.fna{tail}")], {"a.fna": SequenceInput("a.fna", s)})
+        for tail, s in [("?", DNA), (", or is there none at all?", DNA[:15]), ("!", DNA[5:])]
+    ]
+    naive = score_candidates_naive(sharp, same_start, CANDIDATES)
+    sharp.prefix_cache.clear()
+    shared = score_candidates(sharp, same_start, CANDIDATES)
+    assert sharp.prefix_cache._entry is not None  # the common start was cached
+    assert torch.allclose(shared.token_log_probs, naive.token_log_probs, atol=1e-4)
+    assert naive.log_likelihood.std() > 1.0  # scores differ a lot: the check has teeth
+    # a budget of one candidate row per call
+    monkeypatch.setattr(scoring, "LOGITS_BUDGET_BYTES", 1)
+    assert scoring.rows_within_budget(8, 5, 100) == 1
+    chunked = score_candidates(sharp, same_start, CANDIDATES)
+    assert torch.allclose(chunked.token_log_probs, naive.token_log_probs, atol=1e-4)

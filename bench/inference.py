@@ -1,0 +1,252 @@
+"""Benchmark: inference speed on the SmolLM2 assembly, ours vs the loops a user could write.
+
+Not a test: it prints one table. The assembly is the quickstart's model section
+(``registry/training/quickstart.yaml``: frozen SmolLM2-135M-Instruct from the model store,
+motif-cnn encoder, English-aware Perceiver K = 8), from ``--checkpoint`` (e.g. the one
+``chatnt quickstart`` leaves) or untrained (speed does not depend on training; the
+untrained model is saved as a checkpoint for the ``chatnt batch`` rows).
+
+Generation, the same merged prompt embeddings for every method (one 200 bp sequence per
+prompt, the demo's CTCF question; ``--new-tokens`` tokens per row, EOS ignored so every
+method does the same work):
+
+* ours: ``generation.generate_ids`` (KV cache, shared-prefix cache, logits at the last
+  position only);
+* ``transformers``' ``generate(inputs_embeds=..., attention_mask=...)`` on the same decoder;
+* full recompute, as the released ChatNT code does (``use_cache=False``); it is slow, so it
+  runs ``--recompute-tokens`` tokens per row (its rate falls as the answer grows, so this
+  flatters it).
+
+The first ten tokens of every row must agree between ours and ``generate`` (printed).
+
+``chatnt batch`` (subprocess, as a user runs it): records/s over the whole command
+(loading included) and over the answering alone (the bar's own time), and peak resident
+memory, for ``--records`` records of 200 bp and of 2 kb; and the classifier's cost per
+record (P(yes) scoring, ``ChatNT.probabilities``) next to generation's.
+
+Run (about 10 minutes on 2 cores): ``python bench/inference.py [--checkpoint runs/qs/run]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from chatnt_core import ChatNTModel, Example, SequenceInput, Turn
+from chatnt_core.api import ChatNT
+from chatnt_core.config import parse_config, read_yaml
+from chatnt_core.generation import GenerationConfig, generate_ids
+from chatnt_core.model_store import quiet_hf_progress_bars
+from chatnt_core.training import checkpoint as ckpt
+from chatnt_core.training.config import training_preset_path
+
+QUESTION = "Is there a CTCF binding site in @seq.fna?"
+BATCH_QUESTION = "Is there a CTCF binding site in @seq?"
+
+
+def _dna(length: int, rng: random.Random) -> str:
+    return "".join(rng.choice("ACGT") for _ in range(length))
+
+
+def untrained_checkpoint(directory: Path) -> Path:
+    """The quickstart assembly, untrained, written as the trainer writes checkpoints."""
+    torch.manual_seed(0)
+    model_section = read_yaml(training_preset_path("quickstart"))["model"]
+    model = ChatNTModel.from_config(parse_config(model_section))
+    config = {
+        "format": ckpt.FORMAT,
+        "step": 0,
+        "model": model.resolved.to_dict(),
+        "plugins": model.resolved.plugin_versions(),
+        "train": {"seed": 0},
+    }
+    payload = ckpt.CheckpointPayload(
+        config=config,
+        weights=ckpt.trainable_state_dict(model),
+        trainer_state={},
+        optimizer_state=None,
+        tokenizer=ckpt.modified_tokenizer(model.decoder),
+    )
+    return ckpt.save_checkpoint(directory, 0, payload)
+
+
+def _timed(fn: Any, repeats: int) -> tuple[float, Any]:
+    """Best wall time of ``repeats`` calls (after one warm-up call) and the last result."""
+    result = fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def generation_row(
+    model: ChatNTModel, size: int, new_tokens: int, recompute_tokens: int, rng: random.Random
+) -> str:
+    """One table row: tokens/s of the three methods at batch ``size``."""
+    decoder = model.decoder
+    hf: Any = decoder.model  # the transformers model inside the plugin
+    sequences = [{"seq.fna": _dna(200, rng)} for _ in range(size)]
+    batch = model.prompt_batch([QUESTION] * size, sequences)
+    forced = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
+    recompute = GenerationConfig(max_new_tokens=recompute_tokens, ignore_eos=True, use_cache=False)
+
+    def hf_generate() -> torch.Tensor:
+        with torch.no_grad():
+            return hf.generate(
+                inputs_embeds=model.embed_prompt(batch),
+                attention_mask=batch.attention_mask.long(),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=decoder.pad_token_id,
+            )
+
+    ours_s, ours = _timed(lambda: generate_ids(model, batch, forced), 2)
+    hf_s, theirs = _timed(hf_generate, 2)
+    re_s, _ = _timed(lambda: generate_ids(model, batch, recompute), 0)
+    same = all(row[:10] == theirs[i, :10].tolist() for i, row in enumerate(ours))
+    ours_rate = size * new_tokens / ours_s
+    hf_rate = size * new_tokens / hf_s
+    re_rate = size * recompute_tokens / re_s
+    return (
+        f"{size:>5} {ours_rate:>11.1f} {hf_rate:>15.1f} {re_rate:>16.1f} "
+        f"{ours_rate / hf_rate:>13.2f}x {ours_rate / re_rate:>14.1f}x {same!s:>15}"
+    )
+
+
+def generation_rows(
+    model: ChatNTModel, batch_sizes: list[int], new_tokens: int, recompute_tokens: int
+) -> list[str]:
+    rng = random.Random(0)
+    header = (
+        f"{'batch':>5} {'ours tok/s':>11} {'generate tok/s':>15} {'recompute tok/s':>16} "
+        f"{'ours/generate':>14} {'ours/recompute':>15} {'same 10 tokens':>15}"
+    )
+    rows = [generation_row(model, n, new_tokens, recompute_tokens, rng) for n in batch_sizes]
+    return [header, *rows]
+
+
+def classifier_rows(chatnt: ChatNT, records: int) -> list[str]:
+    """Seconds per record for generation and for P(yes) scoring, 32 records at a time."""
+    rng = random.Random(1)
+    sequences = [{"seq.fna": _dna(200, rng)} for _ in range(records)]
+    questions = [QUESTION] * records
+    card = chatnt.task_card(QUESTION)
+    examples = [
+        Example([Turn(QUESTION)], {"seq.fna": SequenceInput("seq.fna", s["seq.fna"])})
+        for s in sequences
+    ]
+    model = chatnt.model
+
+    def generation() -> None:
+        for start in range(0, records, 32):
+            chatnt.generate(questions[start : start + 32], sequences[start : start + 32])
+
+    def classifier() -> None:
+        for start in range(0, records, 32):
+            chunk = examples[start : start + 32]
+            chatnt.probabilities([card] * len(chunk), chunk)
+
+    for cache in model.encoding_caches.values():
+        cache.clear()
+    gen_s, _ = _timed(generation, 1)
+    cls_s, _ = _timed(classifier, 1)
+    name = card.name if card is not None else "no card matched"
+    return [
+        f"per record ({records} records of 200 bp, batches of 32, task {name}): "
+        f"generation {1000 * gen_s / records:.1f} ms, classifier {1000 * cls_s / records:.1f} ms"
+    ]
+
+
+def batch_rows(checkpoint: Path, records: int, lengths: list[int], threads: int) -> list[str]:
+    rng = random.Random(2)
+    lines = [
+        f"{'length':>7} {'records':>8} {'wall s':>7} {'records/s (wall)':>17} "
+        f"{'records/s (answering)':>22} {'peak RSS GB':>12}"
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        for length in lengths:
+            fasta = Path(tmp) / f"r{length}.fna"
+            fasta.write_text(
+                "".join(f">r{i}\n{_dna(length, rng)}\n" for i in range(records)), encoding="utf-8"
+            )
+            out = Path(tmp) / f"r{length}.tsv"
+            command = [
+                sys.executable, "-m", "chatnt_core.cli", "batch", str(checkpoint),
+                "--fasta", str(fasta), "--question", BATCH_QUESTION, "--out", str(out),
+                "--no-progress",
+            ]  # fmt: skip
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            log = Path(tmp) / f"r{length}.log"
+            start = time.perf_counter()
+            with log.open("w") as handle:
+                process = subprocess.Popen(command, env=env, stdout=handle, stderr=handle)
+                _, status, usage = os.wait4(process.pid, 0)  # this child's own peak memory
+                process.returncode = os.waitstatus_to_exitcode(status)
+            wall = time.perf_counter() - start
+            stdout = log.read_text(encoding="utf-8")
+            if process.returncode != 0:
+                raise SystemExit(f"chatnt batch failed:\n{stdout[-2000:]}")
+            peak = float(usage.ru_maxrss) / 1024**2  # Linux: kilobytes
+            answering = _answering_seconds(stdout)
+            rate = f"{records / answering:.2f}" if answering else "n/a"
+            lines.append(
+                f"{length:>7} {records:>8} {wall:>7.1f} {records / wall:>17.2f} {rate:>22} "
+                f"{peak:>12.2f}"
+            )
+    return lines
+
+
+def _answering_seconds(stdout: str) -> float | None:
+    match = re.search(r"answered here in ([0-9.]+) s", stdout)
+    return float(match.group(1)) if match else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="a chatnt checkpoint (default: untrained)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--new-tokens", type=int, default=40)
+    parser.add_argument("--recompute-tokens", type=int, default=10)
+    parser.add_argument("--records", type=int, default=256)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[200, 2000])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-batch", action="store_true", help="no chatnt batch rows")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    quiet_hf_progress_bars()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = args.checkpoint or untrained_checkpoint(Path(tmp))
+        chatnt = ChatNT.from_pretrained(checkpoint)
+        model = chatnt.model.eval()
+        print(f"assembly: {checkpoint} ({args.threads} threads, float32)")
+        print(f"\ngeneration ({args.new_tokens} new tokens; recompute {args.recompute_tokens})")
+        for line in generation_rows(
+            model, args.batch_sizes, args.new_tokens, args.recompute_tokens
+        ):
+            print(line)
+        print()
+        for line in classifier_rows(chatnt, 64):
+            print(line)
+        del chatnt, model
+        if not args.skip_batch:
+            print(f"\nchatnt batch (question: {BATCH_QUESTION!r})")
+            for line in batch_rows(checkpoint, args.records, args.lengths, args.threads):
+                print(line)
+
+
+if __name__ == "__main__":
+    main()
