@@ -63,21 +63,7 @@ def untrained_checkpoint(directory: Path) -> Path:
     torch.manual_seed(0)
     model_section = read_yaml(training_preset_path("quickstart"))["model"]
     model = ChatNTModel.from_config(parse_config(model_section))
-    config = {
-        "format": ckpt.FORMAT,
-        "step": 0,
-        "model": model.resolved.to_dict(),
-        "plugins": model.resolved.plugin_versions(),
-        "train": {"seed": 0},
-    }
-    payload = ckpt.CheckpointPayload(
-        config=config,
-        weights=ckpt.trainable_state_dict(model),
-        trainer_state={},
-        optimizer_state=None,
-        tokenizer=ckpt.modified_tokenizer(model.decoder),
-    )
-    return ckpt.save_checkpoint(directory, 0, payload)
+    return ckpt.save_model(model, directory)
 
 
 def _timed(fn: Any, repeats: int) -> tuple[float, Any]:

@@ -53,20 +53,7 @@ def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint as the trainer writes one (config, trainable weights, manifest)."""
     torch.manual_seed(5)
     model = ChatNTModel.from_config("tiny-random")
-    config = {
-        "format": ckpt.FORMAT,
-        "step": 1,
-        "model": model.resolved.to_dict(),
-        "plugins": model.resolved.plugin_versions(),
-        "train": {"seed": 0},
-    }
-    payload = ckpt.CheckpointPayload(
-        config=config,
-        weights=ckpt.trainable_state_dict(model),
-        trainer_state={},
-        optimizer_state=None,
-    )
-    return ckpt.save_checkpoint(tmp_path_factory.mktemp("run"), 1, payload)
+    return ckpt.save_model(model, tmp_path_factory.mktemp("run"), step=1)
 
 
 def test_ask_returns_an_answer_with_text(bot: ChatNT) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from tiny_models import save_tiny_llama
+from tiny_models import save_tiny_llama, sharp_tiny_model
 
 from chatnt_core import ChatNTModel, ChatSession, Example, GenerationConfig, SequenceInput, Turn
 from chatnt_core.batching import IGNORE_INDEX, tokenize_example
@@ -135,12 +135,7 @@ def test_shared_prefix_generation_matches_running_every_row_in_full() -> None:
     The decoder's weights are drawn large so that its greedy tokens depend on the input
     and on positions (at its default init the tiny decoder answers every row alike).
     """
-    torch.manual_seed(0)
-    model = ChatNTModel.from_config("tiny-random").eval()
-    with torch.no_grad():
-        for param in model.decoder.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.5)
+    model = sharp_tiny_model()
     questions = [
         "Is there a CTCF site in @a.fna?",
         "Is there a CTCF site in @b.fna or in @a.fna, and why would there be one?",

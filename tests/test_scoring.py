@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import sharp_tiny_model
 
 from chatnt_core import ChatNTModel, Example, SequenceInput, Turn
 from chatnt_core.batching import position_ids_from_mask
@@ -127,12 +128,7 @@ def test_prefix_cache_and_logit_budget_keep_scores_exact(monkeypatch: pytest.Mon
     prefix cache and budget-sized row chunks change nothing in the scores."""
     from chatnt_core import scoring
 
-    torch.manual_seed(0)
-    sharp = ChatNTModel.from_config("tiny-random").eval()
-    with torch.no_grad():
-        for param in sharp.decoder.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.5)
+    sharp = sharp_tiny_model()
     same_start = [
         Example([Turn(f"Is there a site in @a.fna{tail}")], {"a.fna": SequenceInput("a.fna", s)})
         for tail, s in [("?", DNA), (", or is there none at all?", DNA[:15]), ("!", DNA[5:])]

@@ -86,3 +86,21 @@ def build_tiny_encoder(
 ) -> CharTransformerEncoder:
     """A ``char-transformer`` encoder (defaults: D_enc = 32, 2 layers, max_tokens 1024)."""
     return CharTransformerEncoder(Modality(modality), CharTransformerParams.model_validate(params))
+
+
+def sharp_tiny_model() -> Any:
+    """``tiny-random`` with its decoder's matrices drawn large (std 0.5), in eval mode.
+
+    At its default init the tiny decoder answers nearly every prompt alike, so an exactness
+    check on it (cached vs full passes, position ids) could pass with a bug; with large
+    weights its tokens and scores depend on content and positions.
+    """
+    from chatnt_core import ChatNTModel
+
+    torch.manual_seed(0)
+    model = ChatNTModel.from_config("tiny-random").eval()
+    with torch.no_grad():
+        for param in model.decoder.parameters():
+            if param.dim() == 2:
+                param.normal_(0.0, 0.5)
+    return model

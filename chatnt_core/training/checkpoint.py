@@ -177,6 +177,26 @@ def save_checkpoint(output_dir: Path, step: int, payload: CheckpointPayload) -> 
     return final
 
 
+def save_model(model: Any, output_dir: Path, step: int = 0) -> Path:
+    """A ``ChatNTModel`` as a checkpoint without trainer or optimizer state (e.g. an
+    untrained assembly, for benchmarks and tests); loads like any training checkpoint."""
+    config = {
+        "format": FORMAT,
+        "step": step,
+        "model": model.resolved.to_dict(),
+        "plugins": model.resolved.plugin_versions(),
+        "train": {"seed": 0},
+    }
+    payload = CheckpointPayload(
+        config=config,
+        weights=trainable_state_dict(model),
+        trainer_state={},
+        optimizer_state=None,
+        tokenizer=modified_tokenizer(model.decoder),
+    )
+    return save_checkpoint(output_dir, step, payload)
+
+
 def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for path in Path(output_dir).iterdir() if Path(output_dir).is_dir() else []:
