@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -46,7 +46,6 @@ from chatnt_core.model import ChatNTModel
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, find_tags
 
 if TYPE_CHECKING:
-    from chatnt_core.calibration import Formulation
     from chatnt_core.data.tasks import TaskCard
     from chatnt_core.encoding_cache import EncodingCache
     from chatnt_core.evaluation.calibrate import TaskCalibration
@@ -348,7 +347,7 @@ class ChatNT:
                 [examples[i] for i in rows],
                 [fill(a, fills) for a in positive],
                 [fill(a, fills) for a in negative],
-                cast("Formulation", calibration.formulation if calibration else "paper"),
+                calibration.formulation if calibration else "paper",
                 cache=cache,
                 max_rows=max_rows,
             )

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from chatnt_core.model import ChatNTModel
 
 Formulation = Literal["paper", "as_printed", "candidate_softmax"]
+FORMULATIONS: tuple[Formulation, ...] = ("paper", "as_printed", "candidate_softmax")
 PlattFeature = Literal["logit", "probability"]
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 

@@ -28,11 +28,17 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from chatnt_core.api import ChatNT
+    from chatnt_core.calibration import Formulation
     from chatnt_core.evaluation.evaluate import EvaluationReport
 
 PARSEABLE_TARGET = 95.0
 DECODER_STORE_NAME = "smollm2-135m-instruct"
 GENERAL_QUESTION = "What is a promoter in genomics?"
+# P(yes) as the likelihood mass on the positive phrasings: on the same checkpoint, Platt on
+# the paper's perplexity difference (squeezed around 0.5, slope ~7 after fitting, which
+# the per-example regularisation shrinks) left CTCF ECE 0.075; this one was 0.040 before
+# calibration and 0.044 after (docs/training.md).
+CALIBRATION_FORMULATION: Formulation = "candidate_softmax"
 # Six turns about two sequences; the last repeats the first so their answers can be compared.
 LONG_CHAT = (
     ("Is there a CTCF binding site in {a}?", "demo-ctcf-site"),
@@ -335,6 +341,7 @@ def run_quickstart(settings: QuickstartSettings, console: Console | None = None)
         max_per_task=settings.eval_per_task,
         seed=settings.seed,
         split="validation",
+        formulation=CALIBRATION_FORMULATION,
     )
     save_calibration(checkpoint, fitted, data_dir)
     console.print(f"calibrated: {', '.join(fitted) or 'none'}")

@@ -213,3 +213,13 @@ def test_torchrun_two_processes_merge_one_file(tmp_path: Path) -> None:
     assert not parts_dir(out).exists()
     probabilities = [float(line.split("\t")[5]) for line in out.read_text().splitlines()[1:]]
     assert all(0.0 < p < 1.0 for p in probabilities)
+
+
+def test_batches_hold_similar_lengths_and_the_file_keeps_fasta_order(tmp_path: Path) -> None:
+    lengths = [40, 4, 36, 8, 32, 12, 28]
+    text = "".join(f">r{i}\n{'A' * n}\n" for i, n in enumerate(lengths))
+    records = parse_fasta(text.splitlines(keepends=True))
+    bot = EchoBot()
+    report = run(bot, tmp_path / "res.tsv", records=records)
+    assert bot.calls == [[4, 8, 12], [28, 32, 36], [40]]
+    assert report.complete and tsv_ids(tmp_path / "res.tsv") == [f"r{i}" for i in range(7)]

@@ -21,6 +21,7 @@ import chatnt_core.generation
 from chatnt_core.cli import main
 from chatnt_core.data.demo import DEMO_TASKS, write_demo
 from chatnt_core.data.tasks import TaskCard, load_task_cards
+from chatnt_core.errors import ChatNTError
 from chatnt_core.evaluation import cli as evaluation_cli
 from chatnt_core.evaluation import evaluate as evaluate_module
 from chatnt_core.evaluation.calibrate import (
@@ -29,7 +30,12 @@ from chatnt_core.evaluation.calibrate import (
     load_calibration,
     save_calibration,
 )
-from chatnt_core.evaluation.data import open_split, task_rows
+from chatnt_core.evaluation.data import (
+    open_split,
+    positive_probabilities,
+    read_records,
+    task_rows,
+)
 from chatnt_core.evaluation.evaluate import CALIBRATED_ON_THE_FLY, evaluate_model
 from chatnt_core.evaluation.parsing import parse_answer
 from chatnt_core.model import ChatNTModel
@@ -127,6 +133,7 @@ def test_oracle_answers_score_perfectly(
     class Batch:
         def __init__(self, examples: Sequence[Any]) -> None:
             self.examples = examples
+            self.user_names: list[dict[str, str]] = []  # no aliases: texts come back as said
 
         def to(self, device: Any) -> Batch:
             return self
@@ -200,6 +207,40 @@ def test_calibrators_are_stored_and_used(
     assert any("changed since calibration" in note for note in summary["notes"])
 
 
+def test_a_calibrators_formulation_is_stored_and_used_for_its_raw_probabilities(
+    tmp_path: Path, demo: Path, model: ChatNTModel, cards: dict[str, TaskCard]
+) -> None:
+    fitted, _ = fit_calibrators(
+        model, demo, cards, max_per_task=6, batch_size=6, formulation="candidate_softmax"
+    )
+    checkpoint = tmp_path / "checkpoint-000001"
+    checkpoint.mkdir()
+    path = save_calibration(checkpoint, fitted, demo)
+    assert json.loads(path.read_text())["tasks"]["demo-ctcf-site"]["formulation"] == (
+        "candidate_softmax"
+    )
+    loaded = load_calibration(checkpoint)
+    assert loaded["demo-ctcf-site"].formulation == "candidate_softmax"
+    report = evaluate_model(
+        model, demo, None, tasks=["demo-ctcf-site"], max_per_task=4, max_new_tokens=1,
+        calibrations=loaded,
+    )  # fmt: skip
+    evaluation = report.tasks["demo-ctcf-site"]
+    records = read_records(open_split(demo, "test"), evaluation.rows)
+    card = cards["demo-ctcf-site"]
+    softmax = positive_probabilities(model, card, records, 4, formulation="candidate_softmax")
+    paper = positive_probabilities(model, card, records, 4)
+    assert evaluation.probabilities is not None
+    assert np.allclose(evaluation.probabilities, softmax, atol=1e-6)
+    assert not np.allclose(softmax, paper, atol=1e-3)  # the two formulations differ
+
+    stored = json.loads(path.read_text())
+    stored["tasks"]["demo-ctcf-site"]["formulation"] = "vibes"
+    path.write_text(json.dumps(stored))
+    with pytest.raises(ChatNTError, match="formulation 'vibes'"):
+        load_calibration(checkpoint)
+
+
 def test_calibrate_on_train_fits_on_the_fly(tmp_path: Path, demo: Path, model: ChatNTModel) -> None:
     out = tmp_path / "report"
     report = evaluate_model(
@@ -233,6 +274,7 @@ def _run(argv: list[str]) -> int:
         (["evaluate", "CKPT", "--data", "DEMO", "--calibrate-on", "test"], "takes 'train'"),
         (["calibrate", "CKPT", "--data", "MISSING"], "does not exist"),
         (["calibrate", "CKPT", "--data", "DEMO", "--tasks", "nope"], "unknown task"),
+        (["calibrate", "CKPT", "--data", "DEMO", "--formulation", "x"], "use one of paper"),
         (["evaluate", "CKPT", "--data", "DEMO"], "neither a checkpoint"),
     ],
 )

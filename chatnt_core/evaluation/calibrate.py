@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from chatnt_core.calibration import PlattCalibrator
+from chatnt_core.calibration import FORMULATIONS, Formulation, PlattCalibrator
 from chatnt_core.data.tasks import TaskCard
 from chatnt_core.errors import ChatNTError
 from chatnt_core.evaluation.data import (
@@ -63,7 +63,7 @@ class TaskCalibration:
     negative_answers: list[str]
     n_examples: int
     n_positive: int
-    formulation: str = "paper"
+    formulation: Formulation = "paper"
     source: str = field(default="checkpoint", compare=False)  # not stored
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,7 +84,7 @@ class TaskCalibration:
             [str(a) for a in data["negative_answers"]],
             int(data["n_examples"]),
             int(data["n_positive"]),
-            str(data.get("formulation", "paper")),
+            _formulation(data.get("formulation", "paper")),
             source,
         )
 
@@ -93,6 +93,15 @@ class TaskCalibration:
         if (self.positive_answers, self.negative_answers) != binary_phrasings(card):
             return "the card's answer phrasings changed since calibration; run calibrate again"
         return None
+
+
+def _formulation(value: Any) -> Formulation:
+    if value not in FORMULATIONS:
+        raise ChatNTError(
+            f"calibration.json names the formulation {value!r}; known: "
+            f"{', '.join(FORMULATIONS)}. Run chatnt calibrate again"
+        )
+    return value
 
 
 PAPER_C = 0.1
@@ -104,13 +113,21 @@ def paper_regularisation(num_examples: int) -> float:
     return PAPER_C * PAPER_CALIBRATION_SIZE / max(num_examples, 1)
 
 
-def fit_task(card: TaskCard, probs: np.ndarray, labels: np.ndarray) -> TaskCalibration:
-    """Fit on P(positive) and 0/1 labels of one task's training examples."""
+def fit_task(
+    card: TaskCard, probs: np.ndarray, labels: np.ndarray, formulation: Formulation = "paper"
+) -> TaskCalibration:
+    """Fit on P(positive) (computed with ``formulation``) and 0/1 labels of one task."""
     positive, negative = binary_phrasings(card)
     calibrator = PlattCalibrator(feature="logit", C=paper_regularisation(int(labels.size)))
     calibrator.fit(probs, labels, tasks=[card.name])
     return TaskCalibration(
-        calibrator, positive, negative, int(labels.size), int(labels.sum()), source="fitted"
+        calibrator,
+        positive,
+        negative,
+        int(labels.size),
+        int(labels.sum()),
+        formulation=formulation,
+        source="fitted",
     )
 
 
@@ -125,6 +142,7 @@ def fit_calibrators(
     seed: int = 0,
     progress: bool = False,
     split: str = "train",
+    formulation: Formulation = "paper",
 ) -> tuple[dict[str, TaskCalibration], dict[str, str]]:
     """One calibrator per binary task from ``split`` (the paper: ``train``), and the tasks
     skipped (why).
@@ -148,7 +166,9 @@ def fit_calibrators(
             card = cards[name]
             tracker.describe(f"calibrating {name}")
             records = read_records(dataset, indices)
-            probs = positive_probabilities(model, card, records, batch_size, tracker.advance)
+            probs = positive_probabilities(
+                model, card, records, batch_size, tracker.advance, formulation
+            )
             positive = next(label.name for label in card.labels or [] if label.positive)
             labels = np.array([float(r["label"] == positive) for r in records])
             usable = np.isfinite(probs)
@@ -156,7 +176,7 @@ def fit_calibrators(
             if len(np.unique(labels)) < 2:
                 skipped[name] = "the training sample holds a single class; cannot fit"
                 continue
-            fitted[name] = fit_task(card, probs, labels)
+            fitted[name] = fit_task(card, probs, labels, formulation)
     return fitted, skipped
 
 

@@ -126,6 +126,13 @@ def calibrate_command(
         str,
         typer.Option(help="split to fit on: train (paper) or one of unseen sequences"),
     ] = "train",
+    formulation: Annotated[
+        str,
+        typer.Option(
+            help="how answer-phrasing scores become P(yes): paper (perplexities, Methods "
+            "§3) or candidate_softmax (likelihood mass on the positive phrasings)"
+        ),
+    ] = "paper",
     batch_size: Annotated[int, typer.Option(min=1, help="questions per scoring batch")] = 32,
     tasks: Annotated[
         str | None, typer.Option(help="comma-separated binary tasks (default: all binary)")
@@ -136,8 +143,11 @@ def calibrate_command(
     ] = None,
 ) -> None:
     """Fit a Platt calibrator per binary task; store them in CHECKPOINT/calibration.json."""
+    from chatnt_core.calibration import FORMULATIONS
     from chatnt_core.errors import ChatNTError
 
+    if formulation not in FORMULATIONS:
+        raise ChatNTError(f"--formulation {formulation}: use one of {', '.join(FORMULATIONS)}")
     names = _task_list(tasks)
     cards = _check_data(data, split, names)
 
@@ -154,6 +164,7 @@ def calibrate_command(
         seed=seed,
         progress=True,
         split=split,
+        formulation=formulation,
     )
     for name, why in skipped.items():
         typer.echo(f"skipped {name}: {why}", err=True)
@@ -164,6 +175,6 @@ def calibrate_command(
         c = entry.calibrator
         typer.echo(
             f"{name}: {entry.n_examples} examples ({entry.n_positive} positive), "
-            f"coef {c.coef:.3f}, intercept {c.intercept:.3f}"
+            f"{entry.formulation} P(yes), coef {c.coef:.3f}, intercept {c.intercept:.3f}"
         )
     typer.echo(f"calibrators: {path}")

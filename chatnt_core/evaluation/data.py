@@ -22,6 +22,7 @@ from chatnt_core.data.tasks import TaskCard, fill
 from chatnt_core.errors import ChatNTError
 
 if TYPE_CHECKING:
+    from chatnt_core.calibration import Formulation
     from chatnt_core.model import ChatNTModel
 
 Advance = Callable[[int], None]
@@ -169,8 +170,11 @@ def positive_probabilities(
     records: Sequence[Mapping[str, Any]],
     batch_size: int,
     advance: Advance = _nothing,
+    formulation: Formulation = "paper",
 ) -> np.ndarray:
     """(n,) perplexity-based P(positive) per record; NaN where the tags do not fit the card.
+
+    ``formulation``: how phrasing scores become P(positive) (``chatnt_core.calibration``).
 
     The answer phrasings are rendered with each record's own tags, and records sharing
     tags are scored together (one set of candidates per batch). At most ``batch_size``
@@ -195,7 +199,7 @@ def positive_probabilities(
         group = [records[i] for i in members]
         for batch in length_batches(group, batch_size):
             examples = [record_to_example(group[j], with_answers=False) for j in batch]
-            p = yes_probability(model, examples, pos, neg, max_rows=batch_size)
+            p = yes_probability(model, examples, pos, neg, formulation, max_rows=batch_size)
             probs[[members[j] for j in batch]] = p.detach().cpu().double().numpy()
             advance(len(batch))
     return probs

@@ -325,12 +325,16 @@ def _run(
             probs, calibration, note = None, None, None
             if card.kind == "binary":
                 tracker.describe(f"{name}: scoring answer phrasings")
-                probs = positive_probabilities(model, card, records, batch_size, tracker.advance)
                 calibration = calibrations.get(name)
                 note = calibration.mismatch(card) if calibration is not None else None
                 if note is not None:
                     calibration = None
                 elif name in failed:
                     note = f"no calibrator: {failed[name]}"
+                # the raw P(positive) is computed the way the calibrator was fitted on
+                formulation = calibration.formulation if calibration is not None else "paper"
+                probs = positive_probabilities(
+                    model, card, records, batch_size, tracker.advance, formulation
+                )
             results[name] = score_task(card, indices, records, answers, probs, calibration, note)
     return results
