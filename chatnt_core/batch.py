@@ -22,10 +22,12 @@ In TSV cells, backslash, tab, newline and carriage return are written as ``\\\\`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ from chatnt_core.errors import ChatNTError, PromptError
 from chatnt_core.fasta import FastaRecord
 from chatnt_core.modality import Modality
 from chatnt_core.prompt import SequenceInput, find_tags
+from chatnt_core.training.state_io import write_json
 
 if TYPE_CHECKING:
     from accelerate import PartialState
@@ -78,6 +81,82 @@ def check_question(question: str) -> None:
     if other:
         raise PromptError(
             f"@{other[0]} has no sequence: in a batch only @{BATCH_TAG} (each record) is bound"
+        )
+
+
+# ---- what a result file was written for ----------------------------------------------------
+
+JOB_FORMAT = "chatnt-batch-job/1"
+
+
+def job_path(out: Path) -> Path:
+    return out.with_name(out.name + ".job.json")
+
+
+def _digest(parts: Iterable[str]) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part.encode("utf-8"))
+        hasher.update(b"\0")
+    return hasher.hexdigest()
+
+
+def model_identity(chatnt: ChatNT) -> str:
+    """The checkpoint's weights (and calibrators), by content where they are files."""
+    named = getattr(chatnt, "source", None)
+    source = Path(named) if named else None
+    if source is None or not (source / "manifest.json").is_file():
+        return f"source:{named}"
+    manifest = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
+    weights = manifest.get("files", {}).get("model.safetensors", {}).get("sha256", "")
+    calibration = source / "calibration.json"
+    calibrators = ""
+    if calibration.is_file():
+        calibrators = _digest([calibration.read_text(encoding="utf-8")])
+    return f"weights:{weights} calibration:{calibrators}"
+
+
+def job_record(
+    chatnt: ChatNT,
+    records: Sequence[FastaRecord],
+    question: str,
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What decides every row: resuming is only exact when all of it is unchanged."""
+    return {
+        "format": JOB_FORMAT,
+        "question": question,
+        "model": model_identity(chatnt),
+        "records": _digest(part for r in records for part in (r.id, r.sequence)),
+        **{key: settings[key] for key in sorted(settings)},
+    }
+
+
+_JOB_FIELDS = {
+    "question": "another question",
+    "model": "another checkpoint (or its calibration changed)",
+    "records": "another FASTA (or the records changed)",
+}
+
+
+def check_job(out: Path, job: Mapping[str, Any], has_rows: bool) -> None:
+    """Refuse to add rows to ``out`` when it was written for another job."""
+    path = job_path(out)
+    if not has_rows or not path.is_file():
+        return
+    try:
+        before = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ChatNTError(
+            f"{path} cannot be read ({error}); give another --out or delete {out} and {path}"
+        ) from None
+    changed = [key for key in job if before.get(key) != job[key]]
+    if changed:
+        key = changed[0]
+        what = _JOB_FIELDS.get(key, f"another --{key.replace('_', '-')} ({before.get(key)!r})")
+        raise ChatNTError(
+            f"{out} holds answers written for {what}; rerun with the same settings to "
+            f"resume, or give another --out (or delete {out} and {path.name})"
         )
 
 
@@ -298,7 +377,13 @@ def run_batch(
             "written for another input; give another --out"
         )
     todo = [i for i, record in enumerate(records) if record.id not in done]
+    settings: dict[str, Any] = {"modality": modality.value, "task": task, "max_new_tokens": max_new_tokens}
+    settings.update({"temperature": temperature, "seed": seed})
+    written_for = job_record(chatnt, records, question, settings)
+    check_job(out, written_for, bool(done))
     state.wait_for_everyone()  # every rank has read the done rows before any writes
+    if state.is_main_process:
+        write_json(job_path(out), written_for)
     distributed = state.num_processes > 1
     writer: _TsvAppender | _ParquetParts
     if fmt == "parquet":

@@ -39,6 +39,10 @@ class UnusedSequenceError(PromptError):
     pass
 
 
+class InvalidTagError(PromptError):
+    """Text that looks like a tag but breaks the tag rules (e.g. a path after '@')."""
+
+
 class InvalidSequenceError(PromptError):
     pass
 

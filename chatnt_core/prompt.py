@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from chatnt_core.errors import (
     EmptySequenceError,
     InvalidSequenceError,
+    InvalidTagError,
     TagWithoutSequenceError,
     UnknownModalityError,
     UnusedSequenceError,
@@ -25,6 +26,11 @@ from chatnt_core.errors import (
 from chatnt_core.modality import ALPHABETS, Modality, invalid_characters, modality_from_tag
 
 TAG_PATTERN = re.compile(r"(?<![\w@])@([A-Za-z0-9_](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?)")
+# "@" then a path-like start ("@../x", "@/etc", "@~/x", "@.x") or a tag glued to a path
+# separator ("@dir/x.fna"): meant as a tag, but not one
+_NOT_A_TAG = re.compile(
+    r"(?<![\w@])@(?:[./\\~][^\s]*|[A-Za-z0-9_][A-Za-z0-9._:-]*[/\\][^\s@][^\s]*)"
+)
 _WHITESPACE = re.compile(r"\s+")
 _SHOWN_BAD_CHARACTERS = 5
 
@@ -58,6 +64,22 @@ class Turn:
 def find_tags(text: str) -> list[str]:
     """Tag names in order of appearance, repeats included."""
     return TAG_PATTERN.findall(text)
+
+
+def check_tag_syntax(text: str) -> None:
+    """Refuse text that looks like a tag but is not one, e.g. ``@../data/x.fna``.
+
+    Such text would otherwise be read as plain words, and the question answered as if no
+    sequence had been meant. Sequences are never read from paths written in a question.
+    """
+    bad = _NOT_A_TAG.search(text)
+    if bad is not None:
+        shown = bad.group(0).rstrip(".,;:!?)")
+        raise InvalidTagError(
+            f"'{shown}' is not a tag: a tag is @ followed by letters, digits, '.', '_' or '-' "
+            "(e.g. @seq.fna), and sequences are given with --seq or --fasta, never read from "
+            "a path in the question"
+        )
 
 
 def replace_tags(text: str, replacement: str, keep_names: bool = False) -> str:
@@ -152,6 +174,7 @@ def bind_sequences(
     available = list(available)
     used: list[str] = []
     for turn in turns:
+        check_tag_syntax(turn.user)
         for tag in find_tags(turn.user):
             if tag not in used:
                 used.append(tag)

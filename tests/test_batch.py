@@ -8,7 +8,9 @@ to its own record. ``tests/test_cli_ask.py`` runs the real tiny model through th
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -223,3 +225,26 @@ def test_batches_hold_similar_lengths_and_the_file_keeps_fasta_order(tmp_path: P
     report = run(bot, tmp_path / "res.tsv", records=records)
     assert bot.calls == [[4, 8, 12], [28, 32, 36], [40]]
     assert report.complete and tsv_ids(tmp_path / "res.tsv") == [f"r{i}" for i in range(7)]
+
+
+def test_resuming_with_another_question_fasta_or_setting_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "res.tsv"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(EchoBot(fail_on_call=2), out)
+    job = json.loads((tmp_path / "res.tsv.job.json").read_text())
+    assert job["question"] == QUESTION and job["max_new_tokens"] == 40
+    other_fasta = make_records(12)
+    cases = [
+        ({"question": "Is @seq GC-rich?"}, "another question"),
+        ({"records": other_fasta}, "another FASTA"),
+        ({"max_new_tokens": 8}, "another --max-new-tokens (40)"),
+    ]
+    for change, message in cases:
+        records = change.get("records", make_records())
+        question = change.get("question", QUESTION)
+        kwargs = {k: v for k, v in change.items() if k not in ("records", "question")}
+        with pytest.raises(ChatNTError, match=re.escape(message)) as caught:
+            run_batch(EchoBot(), records, question, out, progress=False, batch_size=3, **kwargs)  # type: ignore[arg-type]
+        assert "give another --out" in str(caught.value)
+    report = run(EchoBot(), out)  # the same job resumes
+    assert report.complete and report.skipped == 3

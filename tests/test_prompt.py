@@ -7,6 +7,7 @@ import pytest
 from chatnt_core.errors import (
     EmptySequenceError,
     InvalidSequenceError,
+    InvalidTagError,
     TagWithoutSequenceError,
     UnknownModalityError,
     UnusedSequenceError,
@@ -17,6 +18,7 @@ from chatnt_core.prompt import (
     Turn,
     as_sequence_inputs,
     bind_sequences,
+    check_tag_syntax,
     find_tags,
     replace_tags,
 )
@@ -136,3 +138,28 @@ def test_unknown_modality_without_suffix() -> None:
 def test_modality_without_encoder() -> None:
     with pytest.raises(UnknownModalityError, match="no protein encoder.*encoders.protein"):
         bind_sequences([Turn("@p.faa?")], as_sequence_inputs({"p.faa": "MKV"}), [Modality.DNA])
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("Is @../../etc/passwd a promoter?", "@../../etc/passwd"),
+        ("What about @/etc/passwd.", "@/etc/passwd"),
+        ("see @~/x.fna", "@~/x.fna"),
+        ("Is @data/x.fna GC-rich?", "@data/x.fna"),
+        ("@C:\\seqs\\x.fna", "@C:\\seqs\\x.fna"),
+        ("hidden @.x", "@.x"),
+    ],
+)
+def test_tag_like_text_that_is_not_a_tag_is_refused(text: str, shown: str) -> None:
+    with pytest.raises(InvalidTagError, match="is not a tag") as caught:
+        bind_sequences([Turn(text)], {}, [Modality.DNA])
+    assert f"'{shown}'" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["mail a@b.com", "meet @ noon", "ratio 1/2", "Compare @a.fna/@b.fna.", "@a.fna, ok?"],
+)
+def test_text_with_at_signs_that_is_fine(text: str) -> None:
+    check_tag_syntax(text)
