@@ -377,7 +377,11 @@ def run_batch(
             "written for another input; give another --out"
         )
     todo = [i for i, record in enumerate(records) if record.id not in done]
-    settings: dict[str, Any] = {"modality": modality.value, "task": task, "max_new_tokens": max_new_tokens}
+    settings: dict[str, Any] = {
+        "modality": modality.value,
+        "task": task,
+        "max_new_tokens": max_new_tokens,
+    }
     settings.update({"temperature": temperature, "seed": seed})
     written_for = job_record(chatnt, records, question, settings)
     check_job(out, written_for, bool(done))

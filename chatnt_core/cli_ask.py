@@ -9,7 +9,9 @@ tag in a question is only ever looked up among those names, never opened as a pa
 prompt cannot make the CLI read a file the user did not name.
 
 A tag's modality is its suffix (``@p.fna`` DNA, ``@p.faa`` protein, see
-``chatnt_core.modality``), else ``--modality`` (default DNA).
+``chatnt_core.modality``), else ``--modality``, else the suffix of the FASTA file it came
+from (``kinases.faa``), else DNA; a file-like suffix that names no modality (``@r.xyz``)
+is an error rather than a silent DNA.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from chatnt_core.errors import ChatNTError
-from chatnt_core.modality import Modality, modality_from_tag
+from chatnt_core.modality import Modality, modality_from_path, modality_from_tag, unknown_suffix
 
 if TYPE_CHECKING:
     from chatnt_core.api import Answer, Conversation
@@ -34,7 +36,11 @@ SeqOption = Annotated[
     typer.Option("--seq", help="NAME=SEQUENCE or NAME=FILE (one FASTA record), once per tag"),
 ]
 ModalityOption = Annotated[
-    Modality, typer.Option(help="modality of tags and records whose name has no known suffix")
+    Modality | None,
+    typer.Option(
+        help="modality of tags and records whose name has no known suffix "
+        "(default: the FASTA file's suffix, else dna)"
+    ),
 ]
 TaskOption = Annotated[
     str | None,
@@ -53,8 +59,21 @@ CHAT_HELP = """commands:
 anything else is a question; name sequences as @tags."""
 
 
-def _modality_for(name: str, default: Modality) -> Modality:
-    return modality_from_tag(name) or default
+def _modality_for(
+    name: str, default: Modality | None, fallback: Modality = Modality.DNA
+) -> Modality:
+    """The tag's suffix, else ``--modality``, else ``fallback`` (the FASTA file's suffix or
+    DNA); a suffix that names no modality is an error rather than a silent DNA."""
+    found = modality_from_tag(name) or default
+    if found is not None:
+        return found
+    odd = unknown_suffix(name)
+    if odd is not None:
+        raise ChatNTError(
+            f"cannot tell the modality of @{name}: '{odd}' is not a known suffix (DNA: .fna "
+            ".fa .fasta .dna; RNA: .frn .rna; protein: .faa .prot); rename it or pass --modality"
+        )
+    return fallback
 
 
 def _is_file(path: Path) -> bool:
@@ -64,7 +83,7 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def parse_seq_option(value: str, default: Modality) -> SequenceInput:
+def parse_seq_option(value: str, default: Modality | None) -> SequenceInput:
     """``NAME=SEQUENCE`` or ``NAME=FILE``; the file must hold exactly one FASTA record."""
     from chatnt_core.fasta import read_fasta
     from chatnt_core.prompt import SequenceInput
@@ -73,9 +92,11 @@ def parse_seq_option(value: str, default: Modality) -> SequenceInput:
     name = name.strip().lstrip("@")
     if not sep or not name or not payload:
         raise ChatNTError(f"--seq '{value}' is not NAME=SEQUENCE or NAME=FILE")
-    modality = _modality_for(name, default)
     path = Path(payload)
-    if _is_file(path):
+    is_file = _is_file(path)
+    fallback = (modality_from_path(path) if is_file else None) or Modality.DNA
+    modality = _modality_for(name, default, fallback)
+    if is_file:
         records = read_fasta(path, modality)
         if len(records) > 1:
             raise ChatNTError(
@@ -88,7 +109,9 @@ def parse_seq_option(value: str, default: Modality) -> SequenceInput:
     return SequenceInput(name, payload, modality)
 
 
-def parse_seq_options(values: list[str] | None, default: Modality) -> dict[str, SequenceInput]:
+def parse_seq_options(
+    values: list[str] | None, default: Modality | None
+) -> dict[str, SequenceInput]:
     """Every ``--seq`` by tag name; a name given twice is an error, not a silent override."""
     found: dict[str, SequenceInput] = {}
     for value in values or []:
@@ -128,7 +151,7 @@ def ask_command(
     checkpoint: Annotated[str, typer.Argument(help=CHECKPOINT_HELP)],
     question: Annotated[str, typer.Argument(help="the question, naming sequences as @tags")],
     seq: SeqOption = None,
-    modality: ModalityOption = Modality.DNA,
+    modality: ModalityOption = None,
     task: TaskOption = None,
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
@@ -165,7 +188,7 @@ def ask_command(
 
 
 def _chat_sequences(
-    fasta: Path | None, seq: list[str], default: Modality
+    fasta: Path | None, seq: list[str], default: Modality | None
 ) -> tuple[dict[str, SequenceInput], dict[str, str]]:
     """Tag name -> sequence, from the FASTA records (by id) and the --seq options; and
     tag name -> where it came from (the record id, or ``--seq``)."""
@@ -175,14 +198,16 @@ def _chat_sequences(
     found: dict[str, SequenceInput] = {}
     origin: dict[str, str] = {}
     if fasta is not None:
-        for record in read_fasta(fasta, lambda rid: _modality_for(rid, default)):
+        fallback = modality_from_path(fasta) or Modality.DNA
+        for record in read_fasta(fasta, lambda rid: _modality_for(rid, default, fallback)):
             tag = tag_name(record.id)
             if tag in found:
                 raise ChatNTError(
                     f"{fasta}, line {record.line}: record '{record.id}' would be tagged "
                     f"@{tag}, like '{origin[tag]}'; rename one of them"
                 )
-            found[tag] = SequenceInput(tag, record.sequence, _modality_for(record.id, default))
+            modality = _modality_for(record.id, default, fallback)
+            found[tag] = SequenceInput(tag, record.sequence, modality)
             origin[tag] = record.id
     for value in seq:
         item = parse_seq_option(value, default)
@@ -228,7 +253,7 @@ def chat_command(
         Path | None, typer.Option(help="FASTA whose records are tags by id (>prom1 is @prom1)")
     ] = None,
     seq: SeqOption = None,
-    modality: ModalityOption = Modality.DNA,
+    modality: ModalityOption = None,
     task: TaskOption = None,
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
@@ -278,7 +303,10 @@ def batch_command(
     question: Annotated[str, typer.Option(help="the question; @seq stands for each record")],
     out: Annotated[Path, typer.Option(help="results.tsv or results.parquet (resumable)")],
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    modality: Annotated[Modality, typer.Option(help="modality of every record")] = Modality.DNA,
+    modality: Annotated[
+        Modality | None,
+        typer.Option(help="modality of every record (default: the FASTA file's suffix, else dna)"),
+    ] = None,
     task: TaskOption = None,
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
@@ -296,6 +324,7 @@ def batch_command(
 
     output_format(out)
     check_question(question)
+    modality = modality or modality_from_path(fasta) or Modality.DNA
     records = read_fasta(fasta, modality)  # every malformation fails before the model loads
     state = process_state()
     bot = ChatNT.load(checkpoint, device=state.device)

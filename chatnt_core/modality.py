@@ -9,7 +9,9 @@ token, but a letter outside these alphabets is always a user mistake.
 
 from __future__ import annotations
 
+import re
 from enum import Enum
+from pathlib import Path
 
 
 class Modality(str, Enum):
@@ -49,6 +51,25 @@ def modality_from_tag(tag: str) -> Modality | None:
         if lowered.endswith(suffix):
             return modality
     return None
+
+
+_FILE_SUFFIX = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,5}$")
+
+
+def unknown_suffix(name: str) -> str | None:
+    """A file-like suffix of ``name`` that names no modality (``r.xyz`` -> ``.xyz``)."""
+    if modality_from_tag(name) is not None:
+        return None
+    found = _FILE_SUFFIX.search(name)
+    return found.group(0) if found else None
+
+
+def modality_from_path(path: str | Path) -> Modality | None:
+    """The modality a FASTA file's name implies (``x.faa``, ``x.faa.gz`` -> protein)."""
+    name = Path(path).name
+    if name.lower().endswith(".gz"):
+        name = name[:-3]
+    return modality_from_tag(name)
 
 
 def invalid_characters(sequence: str, modality: Modality) -> list[tuple[int, str]]:

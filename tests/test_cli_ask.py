@@ -111,6 +111,27 @@ def test_long_inline_sequences_work_and_bad_seq_options_are_one_line_errors(
         assert_one_line_error(code, err, "the question is empty")
 
 
+def test_modality_comes_from_the_tag_the_file_or_the_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["ask", "tiny-random", "Is @r.xyz bound?", "--seq", "r.xyz=AC"], capsys)
+    assert_one_line_error(code, err, "@r.xyz", "'.xyz' is not a known suffix", "--modality")
+    # an explicit --modality covers the unknown suffix
+    args = ["ask", "tiny-random", "Is @r.xyz bound?", "--seq", "r.xyz=MKV", "--modality", "protein"]
+    code, _, err = run_cli([*args, "--max-new-tokens", "1"], capsys)
+    assert code == 0, err
+    # a protein FASTA (.faa) gives its records the protein encoder in batch and chat
+    faa = tmp_path / "kinases.faa"
+    faa.write_text(">k1\nMKVLAAGWQE\n>k2\nMSTNPKPQRK\n")
+    out_file = tmp_path / "k.tsv"
+    batch = ["batch", "tiny-random", "--fasta", str(faa), "--question", "What is @seq?"]
+    code, _, err = run_cli([*batch, "--out", str(out_file), "--max-new-tokens", "1"], capsys)
+    assert code == 0, err
+    assert json.loads(out_file.with_name("k.tsv.job.json").read_text())["modality"] == "protein"
+    code, _, err = run_cli([*batch, "--out", str(tmp_path / "d.tsv"), "--modality", "dna"], capsys)
+    assert_one_line_error(code, err, "is not a dna residue")
+
+
 BAD_FASTA = {
     "sequence-first": ("ACGT\n>a\nACGT\n", "line 1", "before any '>' header"),
     "empty-id": (">a\nACGT\n> x\nAC\n", "line 3", "has no id"),
