@@ -20,7 +20,7 @@ from chatnt_core.cli_ask import ask_command, batch_command, chat_command
 from chatnt_core.cli_models import models_app
 from chatnt_core.config import load_config, resolve_config
 from chatnt_core.data.cli import data_app
-from chatnt_core.errors import ChatNTError
+from chatnt_core.errors import ChatNTError, ConfigError
 from chatnt_core.evaluation.cli import calibrate_command, evaluate_command
 from chatnt_core.plugins import ComponentKind, get_registry
 from chatnt_core.presets import preset_names
@@ -89,8 +89,13 @@ def plugins(
 def config_validate(
     source: Annotated[str, typer.Argument(help="a YAML file or a preset name")],
 ) -> None:
-    """Check a config without loading any weights: structure, names, then each params block."""
-    resolved = resolve_config(load_config(source))
+    """Check a config without loading any weights: structure, names, then each params block.
+    Every problem of the file is listed, not only the first."""
+    config = load_config(source)
+    try:
+        resolved = resolve_config(config)
+    except ConfigError as exc:
+        raise type(exc)(f"{source}: {exc}") from None
     parts = [*resolved.encoders.values(), *resolved.projections.values(), resolved.decoder]
     summary = ", ".join(f"{p.path}={p.config.name}" for p in parts)
     typer.echo(f"ok: {source} ({summary})")

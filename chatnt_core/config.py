@@ -8,6 +8,8 @@ component's own params model. Neither stage loads weights.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -121,12 +123,21 @@ class ResolvedConfig:
         return {part.plugin: part.version for part in parts}
 
 
-def format_validation_error(error: ValidationError, prefix: str = "") -> str:
-    """One line per problem, each led by its dotted field path."""
+def format_validation_error(
+    error: ValidationError, prefix: str = "", fields: Iterable[str] = ()
+) -> str:
+    """One line per problem, each led by its dotted field path; an unknown field gets the
+    closest of ``fields`` (the model's own) as a suggestion."""
+    known = list(fields)
     lines = []
     for item in error.errors():
         path = ".".join(str(p) for p in (*([prefix] if prefix else []), *item["loc"]))
-        lines.append(f"{path or '<root>'}: {item['msg']}")
+        message = f"{path or '<root>'}: {item['msg']}"
+        if item["type"] == "extra_forbidden" and known and item["loc"]:
+            close = difflib.get_close_matches(str(item["loc"][-1]), known, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+        lines.append(message)
     return "; ".join(lines)
 
 
@@ -139,7 +150,45 @@ def parse_config(data: Any, source: str = "config") -> ModelConfig:
     try:
         return ModelConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+        problems = [format_validation_error(exc), *_component_problems(data)]
+        raise ConfigError(f"{source}: {'; '.join(problems)}") from None
+
+
+def _component_blocks(data: dict[str, Any]) -> list[tuple[ComponentKind, str, Any]]:
+    """(kind, dotted path, raw block) of every component a raw config names."""
+    blocks: list[tuple[ComponentKind, str, Any]] = []
+    encoders = data.get("encoders")
+    for modality, slot in (encoders or {}).items() if isinstance(encoders, dict) else []:
+        if isinstance(slot, dict):
+            blocks.append((ComponentKind.ENCODER, f"encoders.{modality}", slot))
+            projection = slot.get("projection")
+            path = f"encoders.{modality}.projection"
+            blocks.append((ComponentKind.PROJECTION, path, projection))
+    blocks.append((ComponentKind.DECODER, "decoder", data.get("decoder")))
+    return blocks
+
+
+def _component_problems(data: dict[str, Any]) -> list[str]:
+    """Name and params problems of the components of a config whose structure is broken,
+    so that one run lists every problem of the file (best effort: blocks whose own
+    structure is broken are left to the structural message)."""
+    try:
+        registry = get_registry()
+    except Exception:  # a broken plugin environment: the structural message stands alone
+        return []
+    problems: list[str] = []
+    for kind, path, block in _component_blocks(data):
+        if not isinstance(block, dict) or not isinstance(block.get("name"), str):
+            continue
+        params = block.get("params", {})
+        if not isinstance(params, dict):
+            continue
+        try:
+            part = ComponentConfig.model_validate({"name": block["name"], "params": params})
+            _resolve_component(kind, path, part, registry)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def _resolve_component(
@@ -152,7 +201,8 @@ def _resolve_component(
     try:
         params = entry.params_model.model_validate(component.params)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, prefix=f"{path}.params")) from None
+        fields = entry.params_model.model_fields
+        raise ConfigError(format_validation_error(exc, f"{path}.params", fields)) from None
     filled = component.model_copy(update={"params": params.model_dump(mode="json")})
     return ResolvedComponent(kind, path, filled, params, entry.plugin, entry.version)
 
@@ -163,17 +213,28 @@ def resolve_config(config: ModelConfig, registry: PluginRegistry | None = None) 
     encoders: dict[Modality, ResolvedComponent] = {}
     projections: dict[Modality, ResolvedComponent] = {}
     slots: dict[Modality, EncoderSlot] = {}
+    errors: list[ConfigError] = []
+
+    def resolve(kind: ComponentKind, path: str, part: ComponentConfig) -> ResolvedComponent | None:
+        try:
+            return _resolve_component(kind, path, part, registry)
+        except ConfigError as exc:  # keep going: every problem of the config at once
+            errors.append(exc)
+            return None
+
     for modality, slot in config.encoders.items():
         path = f"encoders.{modality.value}"
-        encoders[modality] = _resolve_component(ComponentKind.ENCODER, path, slot, registry)
-        projections[modality] = _resolve_component(
-            ComponentKind.PROJECTION, f"{path}.projection", slot.projection, registry
-        )
-        slots[modality] = EncoderSlot(
-            **encoders[modality].config.model_dump(exclude={"projection"}),
-            projection=projections[modality].config,
-        )
-    decoder = _resolve_component(ComponentKind.DECODER, "decoder", config.decoder, registry)
+        encoder = resolve(ComponentKind.ENCODER, path, slot)
+        projection = resolve(ComponentKind.PROJECTION, f"{path}.projection", slot.projection)
+        if encoder is not None and projection is not None:
+            encoders[modality], projections[modality] = encoder, projection
+            slots[modality] = EncoderSlot(
+                **encoder.config.model_dump(exclude={"projection"}),
+                projection=projection.config,
+            )
+    decoder = resolve(ComponentKind.DECODER, "decoder", config.decoder)
+    if errors or decoder is None:
+        raise type(errors[0])("; ".join(str(e) for e in errors))
     filled = config.model_copy(
         update={"encoders": slots, "decoder": DecoderConfig(**decoder.config.model_dump())}
     )

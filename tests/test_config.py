@@ -158,7 +158,7 @@ def test_cli_error_is_one_line_exit_1(tmp_path: Path, capsys: pytest.CaptureFixt
         main(["config", "validate", str(bad)])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: decoder.name: unknown decoder 'gpt-nope'")
+    assert err.startswith(f"error: {bad}: decoder.name: unknown decoder 'gpt-nope'")
     assert err.count("\n") == 1 and "Traceback" not in err
 
 
@@ -166,3 +166,33 @@ def test_cli_lists_presets(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["config", "list"])
     assert "tiny-random-mlp" in capsys.readouterr().out.split()
+
+
+def test_every_problem_of_a_file_is_listed_with_suggestions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = """
+encoders:
+  dna:
+    name: motif-cnn
+    params: {hidden_sise: 64}
+    projection: {name: english-aware-perceivr}
+decoder: {name: hf-causal-lm, params: {pathh: x}}
+"""
+    expected = [
+        "encoders.dna.params.hidden_sise: Extra inputs are not permitted (did you mean "
+        "'hidden_size'?)",
+        "encoders.dna.projection.name: unknown projection 'english-aware-perceivr'; did you "
+        "mean 'english-aware-perceiver'?",
+        "decoder.params.pathh: Extra inputs are not permitted (did you mean 'path'?)",
+    ]
+    for structure, first in [("num_latents: 8", None), ("num_latents: 0", "num_latents: ")]:
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(structure + body)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["config", "validate", str(bad)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 1 and err.count("\n") == 1
+        assert err.startswith(f"error: {bad}: ")
+        for fragment in expected + ([first] if first else []):
+            assert fragment in err
