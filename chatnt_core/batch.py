@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -322,6 +323,53 @@ def merge(out: Path, fmt: str, records: Sequence[FastaRecord]) -> bool:
 # ---- the run ------------------------------------------------------------------------------
 
 
+class RecordProgress:
+    """A live bar on stderr when it is a terminal; otherwise a plain line to stderr at most
+    every ``every`` seconds and at the end, so redirected logs hold no bar drawings."""
+
+    def __init__(self, enabled: bool, total: int, every: float = 30.0) -> None:
+        self.total, self.every, self.done = total, every, 0
+        self.started = self.shown = time.perf_counter()
+        self.bar: Any = None
+        self.plain = enabled and not sys.stderr.isatty()
+        if enabled and not self.plain:
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True))
+            self.task = self.bar.add_task("answering", total=total)
+
+    def __enter__(self) -> RecordProgress:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        elif self.plain and self.done:
+            self._line()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.bar is not None:
+            self.bar.advance(self.task, count)
+        elif self.plain and time.perf_counter() - self.shown >= self.every:
+            self._line()
+
+    def _line(self) -> None:
+        self.shown = time.perf_counter()
+        elapsed = self.shown - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        print(
+            f"answered {self.done}/{self.total} records, {rate:.2f} records/s, "
+            f"elapsed {elapsed:.0f} s, ETA {left:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def process_state() -> PartialState:
     """Accelerate's view of this launch. On a machine without CUDA a multi-process launch
     must ask for CPU (gloo) explicitly, or each process would think it runs alone."""
@@ -360,8 +408,6 @@ def run_batch(
     ``max_batches`` stops this process after that many batches (a test hook for an
     interruption); ``on_batch`` is called with the batch count after each durable write.
     """
-    from rich.progress import Progress
-
     out = Path(out)
     fmt = output_format(out)
     check_question(question)
@@ -408,8 +454,7 @@ def run_batch(
         # similar lengths in one batch: less padding in the encoder and the decoder
         mine = sorted(share, key=lambda i: len(records[i].sequence))
         visible = progress and state.is_main_process
-        with Progress(disable=not visible, transient=False) as bar:
-            job = bar.add_task("answering", total=len(mine))
+        with RecordProgress(visible, len(mine)) as bar:
             try:
                 for start in range(0, len(mine), batch_size):
                     if max_batches is not None and batches >= max_batches:
@@ -422,7 +467,7 @@ def run_batch(
                     writer.write([_row(r, a) for r, a in zip(chunk, answers)], order[chunk[0].id])
                     answered += len(chunk)
                     batches += 1
-                    bar.advance(job, len(chunk))
+                    bar.advance(len(chunk))
                     if on_batch is not None:
                         on_batch(batches)
             finally:

@@ -248,3 +248,12 @@ def test_resuming_with_another_question_fasta_or_setting_is_refused(tmp_path: Pa
         assert "give another --out" in str(caught.value)
     report = run(EchoBot(), out)  # the same job resumes
     assert report.complete and report.skipped == 3
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_batch(EchoBot(), make_records(), QUESTION, tmp_path / "r.tsv", batch_size=4)  # type: ignore[arg-type]
+    captured = capsys.readouterr()
+    assert captured.err.startswith("answered 10/10 records, ") and "ETA" in captured.err
+    assert "━" not in captured.err + captured.out  # no bar drawing in a redirected log
