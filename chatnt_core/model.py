@@ -26,7 +26,14 @@ from chatnt_core.batching import (
     position_ids_from_mask,
     tokenize_example,
 )
-from chatnt_core.config import ModelConfig, ResolvedConfig, load_config, resolve_config
+from chatnt_core.config import (
+    ModelConfig,
+    ResolvedComponent,
+    ResolvedConfig,
+    load_config,
+    resolve_config,
+)
+from chatnt_core.contracts import Component, check_encoder_output, check_projection_output
 from chatnt_core.encoding_cache import EncodingCache, weights_version
 from chatnt_core.errors import PromptError
 from chatnt_core.interfaces import Decoder, Encoder, Projection
@@ -168,6 +175,10 @@ class ChatNTModel(nn.Module):
 
     # ---- the data path -------------------------------------------------------------------
 
+    @staticmethod
+    def _component(part: ResolvedComponent) -> Component:
+        return Component(part.path, part.config.name, part.plugin)
+
     def _cacheable(self, encoder: Encoder) -> bool:
         """Outputs may be reused: eval mode, and no gradient is wanted from the encoder."""
         wants_grad = torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters())
@@ -197,7 +208,12 @@ class ChatNTModel(nn.Module):
                     break
         missing = [s for s in sequences if s not in rows]
         if missing:
-            out = encoder.encode(missing)  # (M, N, D_enc)
+            out = check_encoder_output(  # (M, N, D_enc), or one line naming the plugin
+                encoder.encode(missing),
+                self._component(self.resolved.encoders[modality]),
+                len(missing),
+                encoder.embed_dim,
+            )
             for i, sequence in enumerate(missing):
                 rows[sequence] = out.embeddings[i, out.mask[i]]  # (n_i, D_enc)
         for store in caches:
@@ -235,7 +251,13 @@ class ChatNTModel(nn.Module):
                 else:
                     q_emb = self.decoder.embed_tokens(q_ids)  # (P, Q, D)
             seq_index = seq_index.to(embeddings.device)
-            projected = projection(embeddings[seq_index], mask[seq_index], q_emb, q_mask)
+            projected = check_projection_output(
+                projection(embeddings[seq_index], mask[seq_index], q_emb, q_mask),
+                self._component(self.resolved.projections[modality]),
+                len(picks),
+                self.num_latents,
+                self.decoder.hidden_size,
+            )
             out = out.to(projected.dtype)
             out[torch.tensor(picks, device=out.device)] = projected  # (P, K, D)
         return out
