@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
+import timeit
 from collections.abc import Callable
 from typing import Any
 
@@ -25,13 +25,9 @@ from chatnt_core.training.config import training_preset_path
 
 
 def best_of(fn: Callable[[], Any], repeats: int = 5) -> float:
+    """Fastest of ``repeats`` timed calls, after one untimed call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timeit.repeat(fn, number=1, repeat=repeats))
 
 
 def main() -> None:
