@@ -7,6 +7,7 @@ traceback; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -62,7 +63,9 @@ def _plugin_listing() -> dict[str, Any]:
         for kind in ComponentKind
         for entry in (registry.entries[kind][name] for name in registry.names(kind))
     ]
-    broken = [{"plugin": b.name, "error": b.error} for b in registry.broken]
+    broken = [
+        {"plugin": b.name, "error": b.error, "traceback": b.traceback} for b in registry.broken
+    ]
     return {"plugins": registry.plugins, "components": components, "broken": broken}
 
 
@@ -81,8 +84,13 @@ def plugins(
         table.add_row(item["kind"], item["name"], item["plugin"], item["version"], fields)
     console = _console()
     console.print(table)
+    debug = os.environ.get("CHATNT_DEBUG", "") not in ("", "0")
     for item in listing["broken"]:
         console.print(f"[red]broken plugin[/red] {item['plugin']}: {item['error']}")
+        if debug:
+            console.print(item["traceback"], markup=False, highlight=False)
+    if listing["broken"] and not debug:
+        console.print("CHATNT_DEBUG=1 chatnt plugins shows the broken plugins' tracebacks")
 
 
 @config_app.command("validate")
@@ -190,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="chatnt")
     except ChatNTError as exc:
+        if os.environ.get("CHATNT_DEBUG", "") not in ("", "0"):
+            raise  # the full traceback, for bug reports and plugin authors
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
 

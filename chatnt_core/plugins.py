@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import difflib
 import os
+import traceback
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -86,7 +88,16 @@ class ComponentEntry:
 @dataclass(frozen=True)
 class BrokenPlugin:
     name: str
-    error: str
+    error: str  # "KeyError: 'b' (at /path/plugin.py:12)"
+    traceback: str = ""  # the whole traceback, shown with CHATNT_DEBUG=1
+
+
+def _broken(name: str, exc: BaseException, context: str = "") -> BrokenPlugin:
+    """A failure with the file and line where it was raised and its full traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return BrokenPlugin(name, f"{type(exc).__name__}{context}: {exc}{where}", text)
 
 
 @dataclass
@@ -117,15 +128,24 @@ class PluginRegistry:
             return self.entries[kind][name]
         except KeyError:
             raise UnknownComponentError(
-                unknown_name_message(kind, name, self.names(kind))
+                unknown_name_message(kind, name, self.names(kind), self.broken)
             ) from None
 
 
-def unknown_name_message(kind: ComponentKind, name: str, known: list[str]) -> str:
+def unknown_name_message(
+    kind: ComponentKind, name: str, known: list[str], broken: Iterable[BrokenPlugin] = ()
+) -> str:
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     listing = ", ".join(known) if known else "none (is the plugin installed?)"
-    return f"unknown {kind} '{name}'{hint} Known {kind}s: {listing}"
+    message = f"unknown {kind} '{name}'{hint} Known {kind}s: {listing}"
+    failures = "; ".join(f"{b.name}: {b.error}" for b in broken)
+    if failures:
+        message += (
+            f". Plugins that failed to load (one may provide it): {failures}; "
+            "CHATNT_DEBUG=1 shows their tracebacks"
+        )
+    return message
 
 
 def _env_list(variable: str) -> set[str] | None:
@@ -174,6 +194,7 @@ def load_entry_point_plugins(
     block = _env_list("CHATNT_DISABLED_PLUGINS") or set()
     if entry_points is None:
         entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
+    entry_points = list(entry_points)
     versions: dict[str, str] = {}
     broken: list[BrokenPlugin] = []
     for ep in sorted(entry_points, key=lambda e: e.name):
@@ -187,7 +208,7 @@ def load_entry_point_plugins(
             module = ep.load()
             pm.register(module, name=ep.name)
         except Exception as exc:  # a broken plugin must not take the others down
-            broken.append(BrokenPlugin(ep.name, f"{type(exc).__name__}: {exc}"))
+            broken.append(_broken(ep.name, exc))
             continue
         unknown = _unknown_hooks(pm, module)
         if unknown:
@@ -196,7 +217,27 @@ def load_entry_point_plugins(
             continue
         versions[ep.name] = dist.version if dist is not None else _plugin_version(module)
     pm.check_pending()
+    _warn_unknown_names(entry_points, allow, block)
     return versions, broken
+
+
+def _warn_unknown_names(
+    entry_points: Iterable[metadata.EntryPoint], allow: set[str] | None, block: set[str]
+) -> None:
+    """A name in CHATNT_LOAD_PLUGINS / CHATNT_DISABLED_PLUGINS that no plugin has is most
+    likely a typo, which would otherwise silently load (or drop) the wrong plugins."""
+    installed = sorted({ep.name for ep in entry_points})
+    for variable, names in (("CHATNT_LOAD_PLUGINS", allow), ("CHATNT_DISABLED_PLUGINS", block)):
+        for name in sorted(names or ()):
+            if name not in installed:
+                close = difflib.get_close_matches(name, installed, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                warnings.warn(
+                    f"{variable} names '{name}', which no installed plugin has{hint} "
+                    f"(installed: {', '.join(installed)})",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
 
 def collect_components(
@@ -205,7 +246,7 @@ def collect_components(
     """Call every hook implementation with a ``register`` bound to its plugin's name."""
     registry = PluginRegistry()
     versions = dict(versions or {})
-    failed: dict[str, str] = {}
+    failed: dict[str, BrokenPlugin] = {}
     for kind, hook_name in _HOOK_FOR_KIND.items():
         hook = getattr(pm.hook, hook_name)
         for impl in hook.get_hookimpls():
@@ -236,12 +277,12 @@ def collect_components(
             try:
                 impl.function(register=register)
             except Exception as exc:
-                failed[plugin_name] = f"{type(exc).__name__} in {hook_name}: {exc}"
+                failed[plugin_name] = _broken(plugin_name, exc, f" in {hook_name}")
                 continue
             for entry in staged:
                 registry.add(entry)
     registry.plugins = {name: v for name, v in versions.items() if name not in failed}
-    registry.broken = [BrokenPlugin(name, error) for name, error in failed.items()]
+    registry.broken = list(failed.values())
     return registry
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 import json
+from pathlib import Path
 
 import pytest
 from conftest import InstallPlugin
 
 from chatnt_core import hookspecs
 from chatnt_core.cli import main
-from chatnt_core.errors import DuplicateComponentError, UnknownComponentError
+from chatnt_core.errors import ChatNTError, DuplicateComponentError, UnknownComponentError
 from chatnt_core.plugins import ComponentKind, load_registry
 
 FAKE_ENCODER_PLUGIN = """
@@ -81,7 +82,8 @@ def test_allow_list_limits_outside_plugins_but_keeps_builtins(
     assert "char-transformer" in registry.names(ComponentKind.ENCODER)
 
     monkeypatch.setenv("CHATNT_LOAD_PLUGINS", "something-else, fake")
-    assert "fake-encoder" in load_registry().names(ComponentKind.ENCODER)
+    with pytest.warns(UserWarning, match="CHATNT_LOAD_PLUGINS names 'something-else'"):
+        assert "fake-encoder" in load_registry().names(ComponentKind.ENCODER)
 
 
 def test_block_list_disables_any_plugin(
@@ -93,6 +95,16 @@ def test_block_list_disables_any_plugin(
     assert "fake-encoder" not in registry.names(ComponentKind.ENCODER)
     assert registry.names(ComponentKind.DECODER) == []
     assert "hf-decoders" not in registry.plugins
+
+
+def test_a_typo_in_the_block_list_is_warned_about(
+    install_plugin: InstallPlugin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_plugin("chatnt-fake", "fake", "fake_chatnt_plugin", FAKE_ENCODER_PLUGIN)
+    monkeypatch.setenv("CHATNT_DISABLED_PLUGINS", "hf-decoder")
+    with pytest.warns(UserWarning, match="did you mean 'hf-decoders'"):
+        registry = load_registry()
+    assert "hf-causal-lm" in registry.names(ComponentKind.DECODER)  # nothing was disabled
 
 
 def test_duplicate_component_name_raises(install_plugin: InstallPlugin) -> None:
@@ -115,9 +127,15 @@ def test_broken_plugins_are_reported_and_others_still_load(install_plugin: Insta
     install_plugin("chatnt-badhook", "broken-hook", "broken_hook_plugin", BROKEN_HOOK_PLUGIN)
     install_plugin("chatnt-fake", "fake", "fake_chatnt_plugin", FAKE_ENCODER_PLUGIN)
     registry = load_registry()
-    broken = {b.name: b.error for b in registry.broken}
-    assert "ModuleNotFoundError" in broken["broken-import"]
-    assert "decoder table is corrupt" in broken["broken-hook"]
+    broken = {b.name: b for b in registry.broken}
+    assert "ModuleNotFoundError" in broken["broken-import"].error
+    assert "decoder table is corrupt" in broken["broken-hook"].error
+    # where it broke, and the whole traceback for CHATNT_DEBUG
+    assert "broken_hook_plugin.py:6)" in broken["broken-hook"].error
+    assert "Traceback" in broken["broken-hook"].traceback
+    assert 'raise ValueError("decoder table is corrupt")' in broken["broken-hook"].traceback
+    with pytest.raises(UnknownComponentError, match="failed to load.*broken-hook"):
+        registry.get(ComponentKind.ENCODER, "kmer-encoder")
     assert "fake-encoder" in registry.names(ComponentKind.ENCODER)
     assert "hf-causal-lm" in registry.names(ComponentKind.DECODER)
 
@@ -177,3 +195,34 @@ def test_misspelt_hook_breaks_only_its_plugin(install_plugin: InstallPlugin) -> 
     assert "did you mean 'register_encoders'" in broken["typo"]
     assert "typo" not in registry.plugins
     assert "fake-encoder" in registry.names(ComponentKind.ENCODER)
+
+
+def test_a_checkpoint_needing_a_missing_plugin_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from chatnt_core.model import ChatNTModel
+    from chatnt_core.plugins import reset_registry
+    from chatnt_core.training import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    saved = ckpt.save_model(ChatNTModel.from_config("tiny-random"), tmp_path / "run")
+    monkeypatch.setenv("CHATNT_DISABLED_PLUGINS", "char-encoder")
+    reset_registry()
+    with pytest.raises(UnknownComponentError) as info:
+        ckpt.load_model_from_checkpoint(saved)
+    message = str(info.value)
+    assert "unknown encoder 'char-transformer'" in message
+    assert "saved with the plugins" in message and "char-encoder 0.1.0" in message
+
+
+def test_chatnt_debug_shows_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["ask", "no-such-dir", "Hi"])
+    assert capsys.readouterr().err.startswith("error: ")
+    monkeypatch.setenv("CHATNT_DEBUG", "1")
+    with pytest.raises(ChatNTError, match="not a checkpoint directory"):
+        main(["ask", "no-such-dir", "Hi"])

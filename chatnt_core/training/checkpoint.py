@@ -37,7 +37,7 @@ import yaml
 from torch import nn
 
 from chatnt_core.config import parse_config, resolve_config
-from chatnt_core.errors import ChatNTError
+from chatnt_core.errors import ChatNTError, UnknownComponentError
 from chatnt_core.training import state_io
 
 FORMAT = "chatnt-checkpoint/1"
@@ -344,8 +344,16 @@ def load_model_from_checkpoint(path: str | Path) -> Any:
         if "tokenizer" in params:
             params["tokenizer"] = str(checkpoint.tokenizer_dir)
             model_data["decoder"] = {**decoder, "params": params}
-    resolved = resolve_config(parse_config(model_data, f"{checkpoint.directory}/config.yaml"))
     saved = checkpoint.config.get("plugins", {})
+    try:
+        resolved = resolve_config(parse_config(model_data, f"{checkpoint.directory}/config.yaml"))
+    except UnknownComponentError as exc:
+        needed = ", ".join(f"{name} {version}" for name, version in sorted(saved.items()))
+        raise UnknownComponentError(
+            f"{checkpoint.directory} needs a component no loaded plugin provides ({exc}); "
+            f"it was saved with the plugins {needed}: install the missing one (pip) or fix "
+            "the broken one"
+        ) from None
     for plugin, version in resolved.plugin_versions().items():
         if plugin in saved and saved[plugin] != version:
             warnings.warn(
