@@ -50,7 +50,18 @@ def _console() -> Console:
     return Console(width=None if sys.stdout.isatty() else 160)
 
 
+def _schema(model: type[Any]) -> dict[str, Any]:
+    """A params model's JSON schema; {} for one that has none (e.g. bare ``BaseModel``)."""
+    try:
+        schema: dict[str, Any] = model.model_json_schema()
+    except Exception:  # a plugin's odd model must not break the listing
+        return {}
+    return schema
+
+
 def _plugin_listing() -> dict[str, Any]:
+    from chatnt_core.data.tasks import task_cards_with_origins
+
     registry = get_registry()
     components = [
         {
@@ -58,22 +69,44 @@ def _plugin_listing() -> dict[str, Any]:
             "name": entry.name,
             "plugin": entry.plugin,
             "version": entry.version,
-            "params_schema": entry.params_model.model_json_schema(),
+            "params_schema": _schema(entry.params_model),
         }
         for kind in ComponentKind
+        if kind != ComponentKind.TASK
         for entry in (registry.entries[kind][name] for name in registry.names(kind))
     ]
     broken = [
         {"plugin": b.name, "error": b.error, "traceback": b.traceback} for b in registry.broken
     ]
-    return {"plugins": registry.plugins, "components": components, "broken": broken}
+    try:
+        cards, origins = task_cards_with_origins(registry)
+    except ChatNTError as exc:  # e.g. a plugin's invalid card: list the rest of the plugins
+        cards, origins = {}, {}
+        broken.append({"plugin": "task cards", "error": str(exc), "traceback": ""})
+    tasks = [
+        {
+            "name": name,
+            "origin": origins[name],
+            "modality": card.modality.value,
+            "kind": card.kind,
+            "metric": card.metric,
+        }
+        for name, card in cards.items()
+    ]
+    return {
+        "plugins": registry.plugins,
+        "components": components,
+        "tasks": tasks,
+        "broken": broken,
+    }
 
 
 @app.command()
 def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """List every registered component (kind, name, plugin, version) and broken plugins."""
+    """List every registered component (kind, name, plugin, version), every task card
+    (shipped or registered by a plugin) and broken plugins."""
     listing = _plugin_listing()
     if as_json:
         typer.echo(json.dumps(listing, indent=2))
@@ -84,6 +117,10 @@ def plugins(
         table.add_row(item["kind"], item["name"], item["plugin"], item["version"], fields)
     console = _console()
     console.print(table)
+    cards = Table("task card", "modality", "kind", "metric", "from")
+    for item in listing["tasks"]:
+        cards.add_row(item["name"], item["modality"], item["kind"], item["metric"], item["origin"])
+    console.print(cards)
     debug = os.environ.get("CHATNT_DEBUG", "") not in ("", "0")
     for item in listing["broken"]:
         console.print(f"[red]broken plugin[/red] {item['plugin']}: {item['error']}")

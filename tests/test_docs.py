@@ -316,3 +316,10 @@ def test_readme_python_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_the_task_card_in_docs_tasks_is_valid() -> None:
+    from chatnt_core.data.tasks import parse_card
+
+    card = parse_card(yaml.safe_load(only_block(read_doc("tasks.md"), "yaml")), "docs/tasks.md")
+    assert card.name == "my-promoters" and card.kind == "binary"

@@ -316,6 +316,30 @@ def test_cli_calibrate_then_evaluate(
     assert "| demo-gc-content | pearson |" in capsys.readouterr().out
 
 
+def test_cli_evaluates_with_a_card_given_as_a_file(
+    tmp_path: Path,
+    demo: Path,
+    model: ChatNTModel,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import yaml
+
+    from chatnt_core.data.tasks import registry_root
+
+    card = yaml.safe_load((registry_root() / "tasks" / "demo-ctcf-site.yaml").read_text())
+    card["metric"] = "f1"  # the file's card, not the shipped one, must be used
+    path = tmp_path / "my-ctcf.yaml"
+    path.write_text(yaml.safe_dump(card))
+    checkpoint = tmp_path / "checkpoint-000001"
+    checkpoint.mkdir()
+    monkeypatch.setattr(evaluation_cli, "_load", lambda path, device: (checkpoint, model))
+    argv = ["evaluate", str(checkpoint), "--data", str(demo), "--max-per-task", "2"]
+    argv += ["--max-new-tokens", "1", "--tasks", "demo-ctcf-site", "--task", str(path)]
+    assert _run(argv) == 0
+    metrics = json.loads((checkpoint / "evaluation" / "metrics.json").read_text())
+    assert metrics["tasks"]["demo-ctcf-site"]["metric"] == "f1"
+
+
 def test_cli_on_a_trained_checkpoint(tmp_path: Path, demo: Path) -> None:
     """The real path: train one step, calibrate and evaluate the checkpoint it wrote."""
     from chatnt_core.training.config import TrainConfig

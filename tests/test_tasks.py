@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -256,6 +257,26 @@ def test_plugin_registered_card_is_merged(install_plugin: InstallPlugin) -> None
     assert cards["lab-toy"].labels is not None and cards["lab-toy"].source.study == "tests"
     assert "promoters" in cards  # YAML cards are still there
     assert get_task_card("lab-toy").name == "lab-toy"
+
+
+def test_chatnt_plugins_lists_every_card_with_its_origin(
+    install_plugin: InstallPlugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chatnt_core.cli import main
+
+    source = PLUGIN_TEMPLATE.format(card=variant(name="lab-toy"), name="lab-toy")
+    install_plugin("chatnt-labtasks", "lab-tasks", "lab_tasks_plugin", source)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plugins", "--json"])  # the card's params model is bare BaseModel: no crash
+    assert exit_info.value.code == 0
+    tasks = {t["name"]: t for t in json.loads(capsys.readouterr().out)["tasks"]}
+    assert tasks["lab-toy"]["origin"] == "plugin 'lab-tasks'"
+    assert tasks["promoters"]["origin"] == "registry/tasks/promoters.yaml"
+    assert len(tasks) == len(load_task_cards())
+    with pytest.raises(SystemExit):
+        main(["plugins"])
+    table = capsys.readouterr().out
+    assert "lab-toy" in table and "registry/tasks/demo-ctcf-site.yaml" in table
 
 
 def test_plugin_card_with_a_shipped_name_raises(install_plugin: InstallPlugin) -> None:

@@ -407,6 +407,13 @@ def load_card_file(path: Path, require_matching_name: bool = True) -> TaskCard:
 
 def load_task_cards(registry: PluginRegistry | None = None) -> dict[str, TaskCard]:
     """Every card: the shipped YAML files plus those plugins register; a name used twice raises."""
+    return task_cards_with_origins(registry)[0]
+
+
+def task_cards_with_origins(
+    registry: PluginRegistry | None = None,
+) -> tuple[dict[str, TaskCard], dict[str, str]]:
+    """``load_task_cards`` and where each card comes from (a shipped file or a plugin)."""
     cards: dict[str, TaskCard] = {}
     origins: dict[str, str] = {}
     for path in sorted((registry_root() / "tasks").glob("*.yaml")):
@@ -427,7 +434,7 @@ def load_task_cards(registry: PluginRegistry | None = None) -> dict[str, TaskCar
             )
         cards[name] = card
         origins[name] = origin
-    return dict(sorted(cards.items()))
+    return dict(sorted(cards.items())), origins
 
 
 def get_task_card(name_or_path: str, registry: PluginRegistry | None = None) -> TaskCard:

@@ -19,12 +19,18 @@ def _task_list(tasks: str | None) -> list[str] | None:
     return names or None
 
 
-def _check_data(data: Path, split: str, tasks: list[str] | None) -> dict[str, Any]:
-    """Fail fast on a missing split or an unknown task; returns the task cards."""
-    from chatnt_core.data.tasks import load_task_cards
+def _check_data(
+    data: Path, split: str, tasks: list[str] | None, card_files: list[Path] | None = None
+) -> dict[str, Any]:
+    """Fail fast on a missing split or an unknown task; returns the task cards (the known
+    ones plus those of ``card_files``, which replace a known card of the same name)."""
+    from chatnt_core.data.tasks import load_card_file, load_task_cards
     from chatnt_core.evaluation.data import open_split, unknown_task_error
 
     cards = load_task_cards()
+    for path in card_files or []:
+        card = load_card_file(path, require_matching_name=False)
+        cards[card.name] = card
     for name in tasks or []:
         if name not in cards:
             raise unknown_task_error(name, cards)
@@ -66,6 +72,14 @@ def evaluate_command(
     tasks: Annotated[
         str | None, typer.Option(help="comma-separated task names (default: all in the data)")
     ] = None,
+    task: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--task",
+            help="a task card YAML file (repeatable): its task is scored with this card, "
+            "whether or not a plugin or the registry knows it",
+        ),
+    ] = None,
     calibrate_on: Annotated[
         str | None,
         typer.Option(help="'train': fit missing calibrators on the data's train split first"),
@@ -85,7 +99,7 @@ def evaluate_command(
     if calibrate_on not in (None, "train"):
         raise ChatNTError(f"--calibrate-on takes 'train', not '{calibrate_on}'")
     names = _task_list(tasks)
-    cards = _check_data(data, "test", names)
+    cards = _check_data(data, "test", names, task)
     if calibrate_on == "train":
         _check_data(data, "train", None)
 
