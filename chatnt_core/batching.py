@@ -147,10 +147,17 @@ def tokenize_example(
         expanded_labels += [label if token != placeholder else IGNORE_INDEX] * repeat
 
     if len(expanded_ids) > decoder.max_context:
+        tag_tokens = len(occurrences) * num_latents
+        text_tokens = len(expanded_ids) - tag_tokens
+        cause = (
+            "shorten the question or the conversation (start a new one)"
+            if text_tokens >= tag_tokens
+            else "use fewer tags or turns, or a smaller num_latents"
+        )
         raise PromptTooLongError(
-            f"the prompt needs {len(expanded_ids)} decoder tokens ({len(occurrences)} tags x "
-            f"K={num_latents} of them) but the decoder holds {decoder.max_context}; use fewer "
-            "tags or turns, or a smaller num_latents"
+            f"the prompt needs {len(expanded_ids)} decoder tokens ({text_tokens} of text, "
+            f"{len(occurrences)} tags x K={num_latents}) but the decoder holds "
+            f"{decoder.max_context}; {cause}"
         )
     user_names = {alias: tag for tag, alias in aliases.items()}
     return TokenizedExample(
