@@ -207,3 +207,21 @@ def test_chat_from_piped_stdin(
     assert "@sp_P1_X\tdna\t4\tsp|P1|X" in out
     assert "conversation reset" in out and out.rstrip().endswith("(no turns yet)")
     assert "unknown command /bogus" in err and "error: @nope has no sequence" in err
+
+
+@pytest.mark.filterwarnings("error::FutureWarning", "error::DeprecationWarning")
+def test_ask_on_a_checkpoint_emits_no_deprecation_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Third-party APIs are used in their current form: no FutureWarning reaches users."""
+    import torch
+
+    from chatnt_core.model import ChatNTModel
+    from chatnt_core.training import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    saved = ckpt.save_model(ChatNTModel.from_config("tiny-random"), tmp_path / "run")
+    args = ["ask", str(saved), CTCF_QUESTION, "--seq", f"p.fna={SEQ}", "--max-new-tokens", "3"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0 and out.strip(), err
+    assert "Warning" not in err
