@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from chatnt_core.errors import ChatNTError, PromptError
 from chatnt_core.fasta import FastaRecord
 from chatnt_core.modality import Modality
+from chatnt_core.progress import PeriodicLines
 from chatnt_core.prompt import SequenceInput, find_tags
 from chatnt_core.training.state_io import write_json
 
@@ -324,15 +325,15 @@ def merge(out: Path, fmt: str, records: Sequence[FastaRecord]) -> bool:
 
 
 class RecordProgress:
-    """A live bar on stderr when it is a terminal; otherwise a plain line to stderr at most
-    every ``every`` seconds and at the end, so redirected logs hold no bar drawings."""
+    """A live bar on stderr when it is a terminal; otherwise ``PeriodicLines``, so
+    redirected logs hold no bar drawings."""
 
-    def __init__(self, enabled: bool, total: int, every: float = 30.0) -> None:
-        self.total, self.every, self.done = total, every, 0
-        self.started = self.shown = time.perf_counter()
+    def __init__(self, enabled: bool, total: int) -> None:
         self.bar: Any = None
-        self.plain = enabled and not sys.stderr.isatty()
-        if enabled and not self.plain:
+        self.lines: PeriodicLines | None = None
+        if enabled and not sys.stderr.isatty():
+            self.lines = PeriodicLines("answered", total, "records")
+        elif enabled:
             from rich.console import Console
             from rich.progress import Progress
 
@@ -347,27 +348,14 @@ class RecordProgress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
-        elif self.plain and self.done:
-            self._line()
+        if self.lines is not None:
+            self.lines.finish()
 
     def advance(self, count: int) -> None:
-        self.done += count
         if self.bar is not None:
             self.bar.advance(self.task, count)
-        elif self.plain and time.perf_counter() - self.shown >= self.every:
-            self._line()
-
-    def _line(self) -> None:
-        self.shown = time.perf_counter()
-        elapsed = self.shown - self.started
-        rate = self.done / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else 0.0
-        print(
-            f"answered {self.done}/{self.total} records, {rate:.2f} records/s, "
-            f"elapsed {elapsed:.0f} s, ETA {left:.0f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+        if self.lines is not None:
+            self.lines.advance(count)
 
 
 def process_state() -> PartialState:

@@ -363,3 +363,12 @@ def test_cli_on_a_trained_checkpoint(tmp_path: Path, demo: Path) -> None:
     assert _run(argv) == 0
     metrics = json.loads((checkpoint / "evaluation" / "metrics.json").read_text())
     assert metrics["tasks"]["demo-ctcf-site"]["perplexity_classifier"]["calibrated"]
+
+
+def test_progress_goes_to_logs_as_plain_lines(
+    demo: Path, model: ChatNTModel, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evaluate_model(model, demo, None, tasks=["demo-gc-content"], max_per_task=3,
+                   max_new_tokens=1, progress=True)  # fmt: skip
+    err = capsys.readouterr().err  # not a terminal here: lines, not a bar
+    assert "scored 3/3 examples (demo-gc-content: answering), " in err and "ETA" in err

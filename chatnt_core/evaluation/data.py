@@ -20,6 +20,7 @@ import numpy as np
 from chatnt_core.data.records import RECORD_COLUMNS, record_to_example
 from chatnt_core.data.tasks import TaskCard, fill
 from chatnt_core.errors import ChatNTError
+from chatnt_core.progress import PeriodicLines
 
 if TYPE_CHECKING:
     from chatnt_core.calibration import Formulation
@@ -208,21 +209,28 @@ def positive_probabilities(
 class Tracker:
     """A progress bar handle: ``advance(n)`` and ``describe(text)``; no-ops when hidden."""
 
-    def __init__(self, progress: Any = None, task: Any = None) -> None:
-        self._progress, self._task = progress, task
+    def __init__(
+        self, progress: Any = None, task: Any = None, lines: PeriodicLines | None = None
+    ) -> None:
+        self._progress, self._task, self._lines = progress, task, lines
 
     def advance(self, count: int) -> None:
         if self._progress is not None:
             self._progress.advance(self._task, count)
+        if self._lines is not None:
+            self._lines.advance(count)
 
     def describe(self, text: str) -> None:
         if self._progress is not None:
             self._progress.update(self._task, description=text)
+        if self._lines is not None:
+            self._lines.describe(text)
 
 
 @contextmanager
 def progress_bar(total: int, enabled: bool) -> Iterator[Tracker]:
-    """A rich bar on stderr, shown only when ``enabled`` and stderr is a terminal."""
+    """A rich bar on stderr when ``enabled`` and stderr is a terminal; periodic plain lines
+    when it is a file or pipe (``chatnt_core.progress``)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -234,8 +242,13 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Tracker]:
     )
 
     console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
+    if not enabled:
         yield Tracker()
+        return
+    if not console.is_terminal:
+        lines = PeriodicLines("scored", total, "examples")
+        yield Tracker(lines=lines)
+        lines.finish()
         return
     columns = (
         TextColumn("{task.description}"),

@@ -24,6 +24,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from chatnt_core.progress import clock
+
 COLUMNS = (
     "step",
     "loss",
@@ -148,14 +150,7 @@ class ProgressBar:
         speed = f", {tokens_per_s:,.0f} tok/s" if tokens_per_s is not None else ""
         print(
             f"{self.label} {completed}/{self.total} {self.unit}, loss {loss:.4f}{speed}, "
-            f"elapsed {_clock(elapsed)}, ETA {_clock(eta)}",
+            f"elapsed {clock(elapsed)}, ETA {clock(eta)}",
             file=sys.stderr,
             flush=True,
         )
-
-
-def _clock(seconds: float) -> str:
-    if seconds != seconds:  # NaN: no rate yet
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}:{secs:02d}"
