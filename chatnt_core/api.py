@@ -41,7 +41,7 @@ from chatnt_core.batching import Example
 from chatnt_core.calibration import yes_probability
 from chatnt_core.conversation import ChatSession
 from chatnt_core.errors import ChatNTError
-from chatnt_core.generation import GenerationConfig, generate_ids
+from chatnt_core.generation import GenerationConfig, PromptState, generate_ids
 from chatnt_core.model import ChatNTModel
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, find_tags
 
@@ -216,6 +216,23 @@ class ChatNT:
         >>> len(texts)
         2
         """
+        return self._generate(
+            questions, sequences, max_new_tokens, temperature, seed, stop, stop_token_ids
+        )[0]
+
+    def _generate(
+        self,
+        questions: Sequence[str],
+        sequences: Sequence[Sequences] | None,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int | None,
+        stop: str | Sequence[str] | None = None,
+        stop_token_ids: Sequence[int] = (),
+        keep_prompt: bool = False,
+    ) -> tuple[list[str], PromptState | None]:
+        """``generate``, and with ``keep_prompt`` a copy of the decoder's state after the
+        prompts (for scoring answer phrasings without running the prompts again)."""
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         batch = self.model.prompt_batch(questions, sequences)
         config = GenerationConfig(
@@ -224,9 +241,16 @@ class ChatNT:
             seed=seed,
             stop_token_ids=tuple(stop_token_ids),
         )
-        ids = generate_ids(self.model, batch, config)
+        kept: list[PromptState] = []
+
+        def keep(state: PromptState) -> None:
+            rows = torch.arange(state.logits.shape[0], device=state.logits.device)
+            kept.append(state.rows(rows))  # a copy: generation grows the original cache
+
+        ids = generate_ids(self.model, batch, config, on_prompt=keep if keep_prompt else None)
         texts = self.model.answer_texts(batch, ids)
-        return [_cut_at_stop(text, stops).strip() for text in texts]
+        answers = [_cut_at_stop(text, stops).strip() for text in texts]
+        return answers, kept[0] if kept else None
 
     # ---- answers -----------------------------------------------------------------------
 
@@ -262,8 +286,8 @@ class ChatNT:
     ) -> list[Answer]:
         """``ask`` for many questions at once: one generation batch, one scoring pass per
         group of questions sharing a card and tags."""
-        texts = self.generate(
-            questions, sequences, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed
+        texts, prompt_state = self._generate(
+            questions, sequences, max_new_tokens, temperature, seed, keep_prompt=True
         )
         found: dict[str, TaskMatch] = {}
         for question in questions:
@@ -272,7 +296,7 @@ class ChatNT:
         matches = [found[question] for question in questions]
         cards = [match.card for match in matches]
         examples = [Example([Turn(q)], as_sequence_inputs(s)) for q, s in zip(questions, sequences)]
-        probabilities = self.probabilities(cards, examples)
+        probabilities = self.probabilities(cards, examples, prompt_state=prompt_state)
         return [
             self.interpret(text, match.card, p, match)
             for text, match, p in zip(texts, matches, probabilities)
@@ -315,6 +339,7 @@ class ChatNT:
         examples: Sequence[Example],
         cache: EncodingCache | None = None,
         max_rows: int | None = None,
+        prompt_state: PromptState | None = None,
     ) -> list[tuple[float, bool] | None]:
         """(P(positive), calibrated) for each example whose card is binary, else None.
 
@@ -322,7 +347,9 @@ class ChatNT:
         by the tags of the example's last message, the way the model was trained to answer
         and the calibrator was fitted. A calibrator fitted on other phrasings than the
         card's current ones no longer applies; the raw probability is returned instead.
-        ``max_rows`` bounds the candidate rows per decoder call (memory).
+        ``max_rows`` bounds the candidate rows per decoder call (memory). ``prompt_state``
+        is the decoder's state after exactly ``examples`` (kept from generating their
+        answers): the prompts are then not run again.
         """
         from chatnt_core.data.tasks import fill
         from chatnt_core.evaluation.data import binary_phrasings
@@ -350,6 +377,9 @@ class ChatNT:
                 calibration.formulation if calibration else "paper",
                 cache=cache,
                 max_rows=max_rows,
+                prompt_state=(
+                    None if prompt_state is None else prompt_state.rows(torch.tensor(rows))
+                ),
             )
             values = raw.detach().double().cpu().numpy()
             if calibration is not None:

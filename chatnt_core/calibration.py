@@ -49,6 +49,7 @@ from chatnt_core.scoring import CandidateScores, score_candidates
 
 if TYPE_CHECKING:
     from chatnt_core.encoding_cache import EncodingCache
+    from chatnt_core.generation import PromptState
     from chatnt_core.model import ChatNTModel
 
 Formulation = Literal["paper", "as_printed", "candidate_softmax"]
@@ -100,13 +101,19 @@ def class_probabilities(
     *,
     cache: EncodingCache | None = None,
     max_rows: int | None = None,
+    prompt_state: PromptState | None = None,
 ) -> torch.Tensor:
     """(B, 2) probabilities [positive, negative] for each unanswered binary question."""
     if not positive_answers or not negative_answers:
         raise ValueError("need at least one positive and one negative answer phrasing")
     answers = [*positive_answers, *negative_answers]
     scores = score_candidates(
-        model, examples, [answers] * len(examples), cache=cache, max_rows=max_rows
+        model,
+        examples,
+        [answers] * len(examples),
+        cache=cache,
+        max_rows=max_rows,
+        prompt_state=prompt_state,
     )
     logits = class_logits(scores, len(positive_answers), formulation)  # (B, 2)
     return torch.softmax(logits, dim=-1)
@@ -121,6 +128,7 @@ def yes_probability(
     *,
     cache: EncodingCache | None = None,
     max_rows: int | None = None,
+    prompt_state: PromptState | None = None,
 ) -> torch.Tensor:
     """(B,) probability of the positive class (see the module docstring for the formula)."""
     probs = class_probabilities(
@@ -131,6 +139,7 @@ def yes_probability(
         formulation,
         cache=cache,
         max_rows=max_rows,
+        prompt_state=prompt_state,
     )
     return probs[:, 0]
 

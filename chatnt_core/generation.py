@@ -12,6 +12,8 @@ is cut at the stop) until every row has stopped or ``max_new_tokens`` is reached
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,39 @@ class PromptState:
     past: Any  # the decoder's KV cache over the whole prompt
     mask: torch.Tensor  # (B, P + T') attention mask matching ``past``
     next_positions: torch.Tensor  # (B, 1) position id of the first answer token
+
+    def rows(self, index: torch.Tensor) -> PromptState:
+        """The state of rows ``index`` (R,), with a cache of their own (copied rows)."""
+        index = index.to(self.logits.device)
+        return PromptState(
+            self.logits[index],
+            select_cache_rows(self.past, index),
+            self.mask[index],
+            self.next_positions[index],
+        )
+
+
+def select_cache_rows(past: Any, index: torch.Tensor) -> Any:
+    """A new KV cache whose row r is row ``index[r]`` of ``past``; ``past`` is not touched.
+
+    Transformers caches (``Cache`` with ``layers``): the container and each layer are
+    shallow-copied, then ``batch_select_indices`` replaces the copies' key/value tensors
+    by indexed (hence newly allocated) ones. The decoder later grows the copy in place,
+    which is why the shared prompt cache must never be handed over itself. Legacy tuple
+    caches ``((k, v), ...)`` are indexed tensor by tensor.
+    """
+    if hasattr(past, "layers") and hasattr(past, "batch_select_indices"):
+        selected = copy.copy(past)
+        selected.layers = [copy.copy(layer) for layer in past.layers]
+        selected.batch_select_indices(index)
+        return selected
+    if isinstance(past, (tuple, list)):
+        return tuple(tuple(t.index_select(0, index.to(t.device)) for t in layer) for layer in past)
+    raise TypeError(
+        f"cannot copy rows of a {type(past).__name__} decoder cache: shared-prefix scoring "
+        "needs a transformers Cache or a tuple of (key, value) tensors per layer; use "
+        "score_candidates_naive with this decoder"
+    )
 
 
 def run_prompt(model: ChatNTModel, batch: ModelBatch, embeds: torch.Tensor) -> PromptState:
@@ -108,8 +143,13 @@ def generate_ids(
     batch: ModelBatch,
     config: GenerationConfig | None = None,
     cache: EncodingCache | None = None,
+    on_prompt: Callable[[PromptState], None] | None = None,
 ) -> list[list[int]]:
-    """New token ids per row, stop token excluded."""
+    """New token ids per row, stop token excluded.
+
+    ``on_prompt`` sees the decoder's state after the prompt, before any answer token
+    changes it (``ChatNT.ask_batch`` keeps a copy to score answer phrasings from, so the
+    prompt runs once for the answer and the P(yes) classifier)."""
     config = config or GenerationConfig()
     decoder = model.decoder
     prompt_length = batch.input_ids.shape[1]
@@ -136,6 +176,8 @@ def generate_ids(
     new_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
     if config.use_cache:
         state = run_prompt(model, batch, embeds)
+        if on_prompt is not None:
+            on_prompt(state)
         logits, past, mask, positions = state.logits, state.past, state.mask, state.next_positions
     else:
         mask = batch.attention_mask  # (B, T)

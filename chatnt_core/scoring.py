@@ -19,10 +19,9 @@ longest candidate in tokens, T the padded prompt length.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import Example, ModelBatch, position_ids_from_mask, tokenize_example
 from chatnt_core.errors import PromptError
-from chatnt_core.generation import run_prompt
+from chatnt_core.generation import PromptState, run_prompt, select_cache_rows
 from chatnt_core.prompt import Turn
 
 if TYPE_CHECKING:
@@ -112,29 +111,6 @@ def answer_token_ids(model: ChatNTModel, answer: str, prompt: Example | None = N
     return full[len(head) :]
 
 
-def select_cache_rows(past: Any, index: torch.Tensor) -> Any:
-    """A new KV cache whose row r is row ``index[r]`` of ``past``; ``past`` is not touched.
-
-    Transformers caches (``Cache`` with ``layers``): the container and each layer are
-    shallow-copied, then ``batch_select_indices`` replaces the copies' key/value tensors
-    by indexed (hence newly allocated) ones. The decoder later grows the copy in place,
-    which is why the shared prompt cache must never be handed over itself. Legacy tuple
-    caches ``((k, v), ...)`` are indexed tensor by tensor.
-    """
-    if hasattr(past, "layers") and hasattr(past, "batch_select_indices"):
-        selected = copy.copy(past)
-        selected.layers = [copy.copy(layer) for layer in past.layers]
-        selected.batch_select_indices(index)
-        return selected
-    if isinstance(past, (tuple, list)):
-        return tuple(tuple(t.index_select(0, index.to(t.device)) for t in layer) for layer in past)
-    raise TypeError(
-        f"cannot copy rows of a {type(past).__name__} decoder cache: shared-prefix scoring "
-        "needs a transformers Cache or a tuple of (key, value) tensors per layer; use "
-        "score_candidates_naive with this decoder"
-    )
-
-
 def _check_counts(num_prompts: int, candidates: Sequence[Sequence[str]]) -> None:
     if len(candidates) != num_prompts:
         raise ValueError(f"got {num_prompts} prompts but {len(candidates)} candidate lists")
@@ -202,8 +178,12 @@ def score_candidates(
     *,
     cache: EncodingCache | None = None,
     max_rows: int | None = None,
+    prompt_state: PromptState | None = None,
 ) -> CandidateScores:
     """Log-probabilities of ``candidates[b]`` as the answer to prompt b, prompt run once.
+
+    ``prompt_state``: the decoder's state after exactly these prompts (e.g. kept from the
+    generation of their answers); the prompt is then not run again.
 
     ``prompts`` are conversations ending on an unanswered user message, or the
     ``ModelBatch`` of such prompts (left-padded). ``max_rows`` caps the candidate rows
@@ -218,8 +198,10 @@ def score_candidates(
     batch = batch.to(device)
     decoder = model.decoder
 
-    embeds = model.embed_prompt(batch, cache)  # (B, T, D)
-    state = run_prompt(model, batch, embeds)  # shared prefix cached, last logits only
+    state = prompt_state
+    if state is None:
+        embeds = model.embed_prompt(batch, cache)  # (B, T, D)
+        state = run_prompt(model, batch, embeds)  # shared prefix cached, last logits only
     past, prompt_mask = state.past, state.mask  # prompt_mask: (B, P + T')
     answer_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
     # The last prompt position predicts every candidate's first token.

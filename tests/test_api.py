@@ -221,3 +221,33 @@ def test_ask_batch_matches_single_asks(bot: ChatNT) -> None:
 def test_docstring_examples_run() -> None:
     result = doctest.testmod(chatnt_core.api, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 5 and result.failed == 0
+
+
+def test_p_yes_from_the_generation_pass_equals_a_separate_pass() -> None:
+    """ask_batch scores the answer phrasings from the prompt state its generation kept;
+    the probabilities match running the prompts again (rows of mixed cards and tags)."""
+    from tiny_models import sharp_tiny_model
+
+    from chatnt_core.batching import Example
+    from chatnt_core.prompt import Turn, as_sequence_inputs
+
+    bot = ChatNT(sharp_tiny_model())
+    questions = [
+        "Is there a CTCF binding site in @a.fna?",
+        "What is the GC content of @b.fna?",
+        "Is there a CTCF binding site in @b.fna?",
+        "Does @a.fna contain a CTCF motif, would you say?",
+    ]
+    sequences = [{"a.fna": SEQ}, {"b.fna": SEQ[:20]}, {"b.fna": SEQ[5:]}, {"a.fna": SEQ[:30]}]
+    answers = bot.ask_batch(questions, sequences, max_new_tokens=3)
+    examples = [Example([Turn(q)], as_sequence_inputs(s)) for q, s in zip(questions, sequences)]
+    cards = [bot.task_card(q) for q in questions]
+    again = bot.probabilities(cards, examples)  # prompts run again
+    assert [a.task for a in answers] == [c.name if c else None for c in cards]
+    for answer, separate in zip(answers, again):
+        if separate is None:
+            assert answer.probability is None
+        else:
+            assert answer.probability == pytest.approx(separate[0], abs=1e-4)
+    probs = [a.probability for a in answers if a.probability is not None]
+    assert len(probs) == 3 and max(probs) - min(probs) > 1e-3  # rows differ: real check
