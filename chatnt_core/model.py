@@ -300,7 +300,7 @@ class ChatNTModel(nn.Module):
                 if torch.is_grad_enabled() and projected.requires_grad:
                     words = words + mixture - mixture.detach()
             out = out.clone() if out is projected else out
-            out[index] = words
+            out[index] = words.to(out.dtype)
         return out
 
     def _prefix_cacheable(self) -> bool:
