@@ -140,7 +140,25 @@ def test_prefix_cache_and_logit_budget_keep_scores_exact(monkeypatch: pytest.Mon
     assert torch.allclose(shared.token_log_probs, naive.token_log_probs, atol=1e-4)
     assert naive.log_likelihood.std() > 1.0  # scores differ a lot: the check has teeth
     # a budget of one candidate row per call
-    monkeypatch.setattr(scoring, "LOGITS_BUDGET_BYTES", 1)
+    monkeypatch.setattr(scoring, "SCORING_BUDGET_BYTES", 1)
     assert scoring.rows_within_budget(8, 5, 100) == 1
     chunked = score_candidates(sharp, same_start, CANDIDATES)
     assert torch.allclose(chunked.token_log_probs, naive.token_log_probs, atol=1e-4)
+
+
+def test_the_scoring_budget_counts_cache_copies_and_logits() -> None:
+    from chatnt_core import scoring
+
+    model = ChatNTModel.from_config("tiny-random").eval()
+    batch = model.tokenize(prompts())
+    out = model.decoder(
+        model.embed_prompt(batch), batch.attention_mask,
+        position_ids_from_mask(batch.attention_mask), use_cache=True,
+    )  # fmt: skip
+    per_row = scoring.cache_bytes_per_row(out.past_key_values)
+    # 2 layers x (keys + values) x 2 KV heads x T positions x 8 dims x 4 bytes
+    assert per_row == 2 * 2 * 2 * batch.input_ids.shape[1] * 8 * 4
+    budget = scoring.SCORING_BUDGET_BYTES
+    assert scoring.rows_within_budget(10**6, 11, 1000, 0) == budget // (10 * 1000 * 8)
+    assert scoring.rows_within_budget(10**6, 11, 1000, 2**20) == budget // (2**20 + 80_000)
+    assert scoring.rows_within_budget(3, 11, 1000, 2**20) == 3
