@@ -22,7 +22,7 @@ import torch
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
 from chatnt_core.errors import PromptTooLongError
-from chatnt_core.prefix_cache import drop_prefix, shared_prefix_length
+from chatnt_core.prefix_cache import drop_prefix
 
 if TYPE_CHECKING:
     from chatnt_core.encoding_cache import EncodingCache
@@ -93,7 +93,7 @@ def run_prompt(model: ChatNTModel, batch: ModelBatch, embeds: torch.Tensor) -> P
     decoder = model.decoder
     mask = batch.attention_mask  # (B, T)
     gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
-    past, prefix = _shared_prefix(model, batch)
+    past, prefix = model.shared_prefix(batch)
     if prefix > 0:
         # the rows' common start comes from the prefix cache; each row runs only the rest
         embeds, gate = drop_prefix(embeds, mask, prefix), drop_prefix(gate, mask, prefix)
@@ -105,26 +105,6 @@ def run_prompt(model: ChatNTModel, batch: ModelBatch, embeds: torch.Tensor) -> P
             embeds, mask, positions, past_key_values=past, use_cache=True, logits_to_keep=1
         )
     return PromptState(out.logits[:, -1], out.past_key_values, mask, positions[:, -1:] + 1)
-
-
-def _shared_prefix(model: ChatNTModel, batch: ModelBatch) -> tuple[Any, int]:
-    """The KV cache of the prompt start every row shares (system text and the question up
-    to its first tag: in ``chatnt batch`` every record), repeated per row, and its length;
-    ``(None, 0)`` when there is none or the decoder cannot repeat its cache."""
-    if not (model.use_prefix_cache and model._prefix_cacheable()):
-        return None, 0
-    ids, mask = batch.input_ids, batch.attention_mask
-    prefix = shared_prefix_length(ids, mask, batch.labels, model.decoder.placeholder_token_id)
-    if prefix == 0:
-        return None, 0
-    first_real = int((~mask[0]).sum())
-    try:
-        past = model.prefix_cache.repeated(
-            model.decoder, ids[0, first_real : first_real + prefix], ids.shape[0]
-        )
-    except NotImplementedError:
-        return None, 0
-    return past, prefix
 
 
 def _next_tokens(

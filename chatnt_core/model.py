@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -310,6 +311,26 @@ class ChatNTModel(nn.Module):
         trains = any(p.requires_grad for p in self.decoder.parameters())
         return not trains or gate_of(self.decoder) is not None
 
+    def shared_prefix(self, batch: ModelBatch) -> tuple[Any, int]:
+        """The KV cache of the prompt start every row shares (system text and the question
+        up to its first tag), repeated per row, and its length; ``(None, 0)`` when there is
+        none, the decoder may change it, or the decoder cannot repeat its cache. Used by
+        training, generation and answer scoring alike."""
+        if not (self.use_prefix_cache and self._prefix_cacheable()):
+            return None, 0
+        ids, mask = batch.input_ids, batch.attention_mask
+        prefix = shared_prefix_length(ids, mask, batch.labels, self.decoder.placeholder_token_id)
+        if prefix == 0:
+            return None, 0
+        first_real = int((~mask[0]).sum())
+        try:
+            past = self.prefix_cache.repeated(
+                self.decoder, ids[0, first_real : first_real + prefix], ids.shape[0]
+            )
+        except NotImplementedError:
+            return None, 0
+        return past, prefix
+
     def forward(self, batch: ModelBatch) -> ModelOutput:
         """Teacher-forced pass; the loss counts answer tokens only (labels != IGNORE_INDEX).
 
@@ -328,17 +349,7 @@ class ChatNTModel(nn.Module):
         )  # (B, T, D)
         ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels  # (B, T)
         frozen = self.use_prefix_cache and self._prefix_cacheable()
-        prefix = 0
-        past = None
-        if frozen:
-            prefix = shared_prefix_length(ids, mask, labels, self.decoder.placeholder_token_id)
-        if prefix > 0:
-            first_real = int((~mask[0]).sum())
-            prefix_ids = ids[0, first_real : first_real + prefix]  # (P,)
-            try:
-                past = self.prefix_cache.repeated(self.decoder, prefix_ids, mask.shape[0])
-            except NotImplementedError:
-                prefix = 0
+        past, prefix = self.shared_prefix(batch)
         if prefix > 0:
             inputs_embeds = drop_prefix(inputs_embeds, mask, prefix)  # (B, T - P, D)
             ids, labels = drop_prefix(ids, mask, prefix), drop_prefix(labels, mask, prefix)
