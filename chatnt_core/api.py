@@ -31,17 +31,25 @@ Example (an untrained tiny model, so the words are noise but the shapes are real
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from chatnt_core.batching import Example
-from chatnt_core.calibration import yes_probability
+from chatnt_core.calibration import class_probabilities
 from chatnt_core.conversation import ChatSession
 from chatnt_core.errors import ChatNTError
-from chatnt_core.generation import GenerationConfig, PromptState, generate_ids
+from chatnt_core.generation import (
+    GenerationConfig,
+    PromptState,
+    continue_from,
+    generate_ids,
+    generation_room,
+    run_prompt,
+    stop_token_ids,
+)
 from chatnt_core.model import ChatNTModel
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, find_tags
 
@@ -100,6 +108,20 @@ def _answer_tags(card: TaskCard, message: str) -> dict[str, str] | None:
     if len(tags) < len(placeholders):
         return None
     return dict(zip(placeholders, tags))
+
+
+@dataclass
+class GreedyAnswers:
+    """What answer scoring found out about greedy decoding, row -> answer ids.
+
+    Scoring a yes/no question feeds every answer phrasing after the prompt and so sees,
+    at each of their tokens, what the model would have picked. When each token of a
+    phrasing (its stop token included) is the model's pick, greedy decoding would write
+    exactly that phrasing: the row needs no decoding steps of its own."""
+
+    stop_ids: Sequence[int]
+    max_new_tokens: int
+    found: dict[int, list[int]] = field(default_factory=dict)
 
 
 class ChatNT:
@@ -218,7 +240,7 @@ class ChatNT:
         """
         return self._generate(
             questions, sequences, max_new_tokens, temperature, seed, stop, stop_token_ids
-        )[0]
+        )
 
     def _generate(
         self,
@@ -229,10 +251,7 @@ class ChatNT:
         seed: int | None,
         stop: str | Sequence[str] | None = None,
         stop_token_ids: Sequence[int] = (),
-        keep_prompt: bool = False,
-    ) -> tuple[list[str], PromptState | None]:
-        """``generate``, and with ``keep_prompt`` a copy of the decoder's state after the
-        prompts (for scoring answer phrasings without running the prompts again)."""
+    ) -> list[str]:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         batch = self.model.prompt_batch(questions, sequences)
         config = GenerationConfig(
@@ -241,16 +260,9 @@ class ChatNT:
             seed=seed,
             stop_token_ids=tuple(stop_token_ids),
         )
-        kept: list[PromptState] = []
-
-        def keep(state: PromptState) -> None:
-            rows = torch.arange(state.logits.shape[0], device=state.logits.device)
-            kept.append(state.rows(rows))  # a copy: generation grows the original cache
-
-        ids = generate_ids(self.model, batch, config, on_prompt=keep if keep_prompt else None)
+        ids = generate_ids(self.model, batch, config)
         texts = self.model.answer_texts(batch, ids)
-        answers = [_cut_at_stop(text, stops).strip() for text in texts]
-        return answers, kept[0] if kept else None
+        return [_cut_at_stop(text, stops).strip() for text in texts]
 
     # ---- answers -----------------------------------------------------------------------
 
@@ -284,11 +296,13 @@ class ChatNT:
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[Answer]:
-        """``ask`` for many questions at once: one generation batch, one scoring pass per
-        group of questions sharing a card and tags."""
-        texts, prompt_state = self._generate(
-            questions, sequences, max_new_tokens, temperature, seed, keep_prompt=True
-        )
+        """``ask`` for many questions at once: one prompt pass for the batch, one scoring
+        pass per group of questions sharing a card and tags, then generation for the rows
+        whose greedy answer the scoring did not already decode (see ``GreedyAnswers``)."""
+        batch = self.model.prompt_batch(questions, sequences)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        limit = generation_room(self.model, batch.input_ids.shape[1], config)
+        state = run_prompt(self.model, batch, self.model.embed_prompt(batch))
         found: dict[str, TaskMatch] = {}
         for question in questions:
             if question not in found:
@@ -296,7 +310,19 @@ class ChatNT:
         matches = [found[question] for question in questions]
         cards = [match.card for match in matches]
         examples = [Example([Turn(q)], as_sequence_inputs(s)) for q, s in zip(questions, sequences)]
-        probabilities = self.probabilities(cards, examples, prompt_state=prompt_state)
+        greedy = GreedyAnswers(stop_token_ids(self.model, config), limit)
+        probabilities = self.probabilities(
+            cards, examples, prompt_state=state, greedy=greedy if temperature <= 0 else None
+        )
+        ids = [greedy.found.get(i, []) for i in range(len(questions))]
+        rest = [i for i in range(len(questions)) if i not in greedy.found or temperature > 0]
+        if rest:
+            index = torch.tensor(rest, device=batch.input_ids.device)
+            rest_state = state if len(rest) == len(questions) else state.rows(index)
+            decoded = continue_from(self.model, rest_state, batch.input_ids[index], config)
+            for i, row in zip(rest, decoded):
+                ids[i] = row
+        texts = [text.strip() for text in self.model.answer_texts(batch, ids)]
         return [
             self.interpret(text, match.card, p, match)
             for text, match, p in zip(texts, matches, probabilities)
@@ -340,6 +366,7 @@ class ChatNT:
         cache: EncodingCache | None = None,
         max_rows: int | None = None,
         prompt_state: PromptState | None = None,
+        greedy: GreedyAnswers | None = None,
     ) -> list[tuple[float, bool] | None]:
         """(P(positive), calibrated) for each example whose card is binary, else None.
 
@@ -348,8 +375,9 @@ class ChatNT:
         and the calibrator was fitted. A calibrator fitted on other phrasings than the
         card's current ones no longer applies; the raw probability is returned instead.
         ``max_rows`` bounds the candidate rows per decoder call (memory). ``prompt_state``
-        is the decoder's state after exactly ``examples`` (kept from generating their
-        answers): the prompts are then not run again.
+        is the decoder's state after exactly ``examples``: the prompts are then not run
+        again. ``greedy`` collects the answers greedy decoding would give that the scoring
+        has already decoded.
         """
         from chatnt_core.data.tasks import fill
         from chatnt_core.evaluation.data import binary_phrasings
@@ -369,7 +397,7 @@ class ChatNT:
             calibration = self.calibrations.get(name)
             if calibration is not None and calibration.mismatch(card) is not None:
                 calibration = None
-            raw = yes_probability(
+            probs, scores = class_probabilities(
                 self.model,
                 [examples[i] for i in rows],
                 [fill(a, fills) for a in positive],
@@ -381,7 +409,10 @@ class ChatNT:
                     None if prompt_state is None else prompt_state.rows(torch.tensor(rows))
                 ),
             )
-            values = raw.detach().double().cpu().numpy()
+            if greedy is not None:
+                answers = scores.greedy_answers(greedy.stop_ids, greedy.max_new_tokens)
+                greedy.found.update((i, a) for i, a in zip(rows, answers) if a is not None)
+            values = probs[:, 0].detach().double().cpu().numpy()
             if calibration is not None:
                 values = calibration.calibrator.predict_proba(values)
             for i, value in zip(rows, values):

@@ -102,8 +102,10 @@ def class_probabilities(
     cache: EncodingCache | None = None,
     max_rows: int | None = None,
     prompt_state: PromptState | None = None,
-) -> torch.Tensor:
-    """(B, 2) probabilities [positive, negative] for each unanswered binary question."""
+) -> tuple[torch.Tensor, CandidateScores]:
+    """(B, 2) probabilities [positive, negative] for each unanswered binary question, and
+    the candidate scores they come from (which also tell which phrasing, if any, greedy
+    decoding would answer)."""
     if not positive_answers or not negative_answers:
         raise ValueError("need at least one positive and one negative answer phrasing")
     answers = [*positive_answers, *negative_answers]
@@ -116,7 +118,7 @@ def class_probabilities(
         prompt_state=prompt_state,
     )
     logits = class_logits(scores, len(positive_answers), formulation)  # (B, 2)
-    return torch.softmax(logits, dim=-1)
+    return torch.softmax(logits, dim=-1), scores
 
 
 def yes_probability(
@@ -131,7 +133,7 @@ def yes_probability(
     prompt_state: PromptState | None = None,
 ) -> torch.Tensor:
     """(B,) probability of the positive class (see the module docstring for the formula)."""
-    probs = class_probabilities(
+    probs, _ = class_probabilities(
         model,
         examples,
         positive_answers,

@@ -117,6 +117,98 @@ def _next_tokens(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+def generation_room(model: ChatNTModel, prompt_length: int, config: GenerationConfig) -> int:
+    """How many tokens may follow a ``prompt_length`` prompt; refuses a prompt with no room."""
+    room = model.decoder.max_context - prompt_length
+    if room < 1:
+        raise PromptTooLongError(
+            f"the prompt fills the decoder's whole context ({prompt_length} of "
+            f"{model.decoder.max_context} tokens); shorten the conversation"
+        )
+    return min(config.max_new_tokens, room)
+
+
+def stop_token_ids(model: ChatNTModel, config: GenerationConfig) -> list[int]:
+    """The ids that end an answer: the decoder's EOS (unless ignored) and the config's."""
+    stops = set(config.stop_token_ids)
+    if not config.ignore_eos:
+        stops.add(model.decoder.eos_token_id)
+    return sorted(stops)
+
+
+class _Answers:
+    """The tokens chosen step by step for every row, and which rows have stopped."""
+
+    def __init__(self, model: ChatNTModel, config: GenerationConfig, rows: int, device: Any):
+        self.temperature = config.temperature
+        self.pad = model.decoder.pad_token_id
+        self.stops = torch.tensor(stop_token_ids(model, config), dtype=torch.long, device=device)
+        self.generator = None
+        if config.temperature > 0 and config.seed is not None:
+            self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.produced: list[torch.Tensor] = []
+        self.rows = rows
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, V) last-position logits -> (B,) next tokens (padding for stopped rows)."""
+        token = _next_tokens(logits, self.temperature, self.generator)
+        token = torch.where(self.finished, torch.full_like(token, self.pad), token)
+        self.produced.append(token)
+        self.finished |= torch.isin(token, self.stops)
+        return token
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finished.all())
+
+    def ids(self) -> list[list[int]]:
+        """New token ids per row, cut before the first stop token."""
+        tokens = torch.stack(self.produced, dim=1).tolist() if self.produced else []
+        stop_set = set(self.stops.tolist())
+        answers: list[list[int]] = []
+        for row in tokens or [[] for _ in range(self.rows)]:
+            cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
+            answers.append(row[:cut])
+        return answers
+
+
+@torch.no_grad()
+def continue_from(
+    model: ChatNTModel,
+    state: PromptState,
+    input_ids: torch.Tensor,
+    config: GenerationConfig | None = None,
+) -> list[list[int]]:
+    """New token ids per row, decoded against the KV cache of ``state`` (which grows).
+
+    ``input_ids`` (B, T) are the prompts ``state`` was computed from (their placeholders
+    say where the gated adapters act; their width is the prompt length)."""
+    config = config or GenerationConfig()
+    decoder = model.decoder
+    limit = generation_room(model, input_ids.shape[1], config)
+    answers = _Answers(model, config, input_ids.shape[0], input_ids.device)
+    new_gate = row_gate(input_ids, decoder.placeholder_token_id)  # (B, 1)
+    logits, past, mask, positions = state.logits, state.past, state.mask, state.next_positions
+    for step in range(limit):
+        token = answers.choose(logits)  # (B,)
+        if answers.done or step == limit - 1:
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        with adapters_gated(decoder, new_gate):
+            out = decoder(
+                decoder.embed_tokens(token[:, None]),  # (B, 1, D)
+                mask,
+                positions,
+                past_key_values=past,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        past, positions = out.past_key_values, positions + 1  # positions: (B, 1)
+        logits = out.logits[:, -1]
+    return answers.ids()
+
+
 @torch.no_grad()
 def generate_ids(
     model: ChatNTModel,
@@ -128,75 +220,28 @@ def generate_ids(
     """New token ids per row, stop token excluded.
 
     ``on_prompt`` sees the decoder's state after the prompt, before any answer token
-    changes it (``ChatNT.ask_batch`` keeps a copy to score answer phrasings from, so the
-    prompt runs once for the answer and the P(yes) classifier)."""
+    changes it (to keep a copy of it, for instance)."""
     config = config or GenerationConfig()
-    decoder = model.decoder
-    prompt_length = batch.input_ids.shape[1]
-    room = decoder.max_context - prompt_length
-    if room < 1:
-        raise PromptTooLongError(
-            f"the prompt fills the decoder's whole context ({prompt_length} of "
-            f"{decoder.max_context} tokens); shorten the conversation"
-        )
-    max_new = min(config.max_new_tokens, room)
-    stop_ids = set(config.stop_token_ids)
-    if not config.ignore_eos:
-        stop_ids.add(decoder.eos_token_id)
-    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=batch.input_ids.device)
-    generator = None
-    if config.temperature > 0 and config.seed is not None:
-        generator = torch.Generator(device=batch.input_ids.device).manual_seed(config.seed)
-
+    limit = generation_room(model, batch.input_ids.shape[1], config)
     embeds = model.embed_prompt(batch, cache)  # (B, T, D)
-    rows = embeds.shape[0]
-    finished = torch.zeros(rows, dtype=torch.bool, device=embeds.device)
-    produced: list[torch.Tensor] = []
-    # gated LoRA adapters act from each row's first placeholder on (chatnt_core/adapter_gate.py)
-    new_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
     if config.use_cache:
         state = run_prompt(model, batch, embeds)
         if on_prompt is not None:
             on_prompt(state)
-        logits, past, mask, positions = state.logits, state.past, state.mask, state.next_positions
-    else:
-        mask = batch.attention_mask  # (B, T)
-        gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
+        return continue_from(model, state, batch.input_ids, config)
+    # the released ChatNT's way: the whole prompt and answer so far, again for every token
+    decoder = model.decoder
+    answers = _Answers(model, config, embeds.shape[0], embeds.device)
+    mask = batch.attention_mask  # (B, T)
+    gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
+    new_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
+    for step in range(limit):
         with adapters_gated(decoder, gate):
             out = decoder(embeds, mask, position_ids_from_mask(mask), logits_to_keep=1)
-        logits = out.logits[:, -1]
-    for step in range(max_new):
-        token = _next_tokens(logits, config.temperature, generator)  # (B,)
-        token = torch.where(finished, torch.full_like(token, decoder.pad_token_id), token)
-        produced.append(token)
-        finished |= torch.isin(token, stops)
-        if bool(finished.all()) or step == max_new - 1:
+        token = answers.choose(out.logits[:, -1])  # (B,)
+        if answers.done or step == limit - 1:
             break
-        step_embeds = decoder.embed_tokens(token[:, None])  # (B, 1, D)
+        embeds = torch.cat([embeds, decoder.embed_tokens(token[:, None]).to(embeds.dtype)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        if config.use_cache:
-            with adapters_gated(decoder, new_gate):
-                out = decoder(
-                    step_embeds,
-                    mask,
-                    positions,
-                    past_key_values=past,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-            past = out.past_key_values
-            positions = positions + 1  # (B, 1)
-        else:
-            embeds = torch.cat([embeds, step_embeds.to(embeds.dtype)], dim=1)
-            gate = torch.cat([gate, new_gate], dim=1)
-            with adapters_gated(decoder, gate):
-                out = decoder(embeds, mask, position_ids_from_mask(mask), logits_to_keep=1)
-        logits = out.logits[:, -1]
-
-    tokens = torch.stack(produced, dim=1).tolist() if produced else [[] for _ in range(rows)]
-    stop_set = set(stops.tolist())
-    answers: list[list[int]] = []
-    for row in tokens:
-        cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
-        answers.append(row[:cut])
-    return answers
+        gate = torch.cat([gate, new_gate], dim=1)
+    return answers.ids()

@@ -161,6 +161,10 @@ class Decoder(nn.Module, ABC):
     placeholder_token_id: int
     eos_token_id: int
     pad_token_id: int
+    # ``forward`` also takes a (B, 1, T, T_past + T) bool attention grid (True: query t may
+    # attend key s) instead of the (B, T_past + T) padding mask; answer scoring then puts
+    # all phrasings of a prompt in one row (chatnt_core/candidate_tree.py)
+    supports_tree_attention: bool = False
 
     @abstractmethod
     def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
@@ -193,7 +197,10 @@ class Decoder(nn.Module, ABC):
     ) -> DecoderOutput:
         """Causal forward on embeddings; returns logits (B, T, V) and the cache.
 
-        ``logits_to_keep`` > 0 asks for the logits of the last that many positions only
+        ``attention_mask`` is a (B, T_past + T) padding mask, or with
+        ``supports_tree_attention`` possibly a (B, 1, T, T_past + T) bool grid that
+        replaces the causal mask. ``logits_to_keep`` > 0 asks for the logits of the last
+        that many positions only
         (B, logits_to_keep, V): over a large vocabulary the output layer is a big share of
         the cost, and training and generation only read the answer positions.
         """

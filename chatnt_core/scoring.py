@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import Example, ModelBatch, position_ids_from_mask, tokenize_example
+from chatnt_core.candidate_tree import attention_grid, build_tree, node_count
 from chatnt_core.errors import PromptError
 from chatnt_core.generation import PromptState, run_prompt, select_cache_rows
 from chatnt_core.prompt import Turn
@@ -45,6 +46,38 @@ class CandidateScores:
     token_mask: torch.Tensor  # (R, L) bool, True at the candidate's tokens
     prompt_index: torch.Tensor  # (R,) long, the prompt each row belongs to
     counts: list[int]  # (B,) candidates per prompt
+    token_ids: torch.Tensor | None = None  # (R, L) long, the candidates' tokens
+    # (R,) long: how many leading tokens of the candidate are each the argmax of the
+    # position before them, i.e. how far greedy decoding would follow it
+    greedy_tokens: torch.Tensor | None = None
+
+    def greedy_answers(
+        self, stop_ids: Sequence[int], max_new_tokens: int
+    ) -> list[list[int] | None]:
+        """Per prompt, the answer greedy decoding gives when it is one of the candidates
+        up to a stop token (every token the argmax, the stop included, within
+        ``max_new_tokens``): its ids before the stop. None where no candidate is.
+
+        The answer phrasings are what a trained model says, so for most questions the
+        greedy answer is one of them, and scoring it has already decoded it."""
+        out: list[list[int] | None] = [None] * len(self.counts)
+        if self.greedy_tokens is None or self.token_ids is None:
+            return out
+        stops = set(stop_ids)
+        followed = self.greedy_tokens.tolist()
+        lengths = self.num_tokens.tolist()
+        for r, prompt in enumerate(self.prompt_index.tolist()):
+            ids = self.token_ids[r, : lengths[r]].tolist()
+            end = next((k for k, token in enumerate(ids) if token in stops), None)
+            if out[prompt] is None and end is not None and end < min(followed[r], max_new_tokens):
+                out[prompt] = ids[:end]
+        return out
+        whole = (self.greedy_tokens == self.num_tokens).tolist()
+        for r, (prompt, complete) in enumerate(zip(self.prompt_index.tolist(), whole)):
+            if complete and out[prompt] is None:
+                length = int(self.num_tokens[r])
+                out[prompt] = [int(t) for t in self.token_ids[r, :length]]
+        return out
 
     @property
     def num_tokens(self) -> torch.Tensor:
@@ -200,11 +233,29 @@ def score_candidates(
     generation of their answers); the prompt is then not run again.
 
     ``prompts`` are conversations ending on an unanswered user message, or the
-    ``ModelBatch`` of such prompts (left-padded). ``max_rows`` caps the candidate rows
-    of one decoder call (each row holds a copy of its prompt's KV cache); ``None`` scores
-    everything in one call.
+    ``ModelBatch`` of such prompts (left-padded). Decoders that take an attention grid
+    (``Decoder.supports_tree_attention``) score all candidates of a prompt in one row
+    (``chatnt_core/candidate_tree.py``); others get one row per candidate, each with a
+    copy of its prompt's KV cache. ``max_rows`` caps the candidate rows of one decoder
+    call; ``None`` sizes calls to a memory budget.
     """
     batch, answer_ids = _prepare(model, prompts, candidates)
+    return score_answer_ids(
+        model, batch, answer_ids, cache=cache, max_rows=max_rows, prompt_state=prompt_state
+    )
+
+
+@torch.no_grad()
+def score_answer_ids(
+    model: ChatNTModel,
+    batch: ModelBatch,
+    answer_ids: list[list[list[int]]],
+    *,
+    cache: EncodingCache | None = None,
+    max_rows: int | None = None,
+    prompt_state: PromptState | None = None,
+) -> CandidateScores:
+    """``score_candidates`` on token ids: ``answer_ids[b][c]`` are candidate c of prompt b."""
     counts = [len(row) for row in answer_ids]
     device = model.device
     if sum(counts) == 0:
@@ -216,44 +267,123 @@ def score_candidates(
     if state is None:
         embeds = model.embed_prompt(batch, cache)  # (B, T, D)
         state = run_prompt(model, batch, embeds)  # shared prefix cached, last logits only
-    past, prompt_mask = state.past, state.mask  # prompt_mask: (B, P + T')
     answer_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
-    # The last prompt position predicts every candidate's first token.
-    first = F.log_softmax(state.logits.float(), dim=-1)  # (B, V)
-    prompt_length = state.next_positions[:, 0]  # (B,) position of the first answer token
-
     flat = [ids for row in answer_ids for ids in row]
     owner = torch.tensor([b for b, n in enumerate(counts) for _ in range(n)], device=device)
     ids, mask = _pack(flat, decoder.pad_token_id, device)  # (R, L)
+    # The last prompt position predicts every candidate's first token.
+    first = F.log_softmax(state.logits.float(), dim=-1)  # (B, V)
     scores = torch.zeros(ids.shape, device=device)  # (R, L)
+    scores[:, 0] = first[owner].gather(-1, ids[:, :1]).squeeze(-1)
+    argmax = torch.zeros(ids.shape, dtype=torch.long, device=device)  # (R, L)
+    argmax[:, 0] = first.argmax(dim=-1)[owner]
+    if getattr(decoder, "supports_tree_attention", False):
+        _score_tree(model, state, answer_gate, answer_ids, max_rows, scores, argmax)
+    else:
+        _score_rows(model, state, answer_gate, owner, ids, mask, max_rows, scores, argmax)
+    scores = scores.masked_fill(~mask, 0.0)
+    followed = ((argmax == ids) & mask).long().cumprod(dim=1).sum(dim=1)  # (R,)
+    return CandidateScores(scores, mask, owner, counts, ids, followed)
+
+
+def _score_rows(
+    model: ChatNTModel,
+    state: PromptState,
+    answer_gate: torch.Tensor,  # (B, 1)
+    owner: torch.Tensor,  # (R,)
+    ids: torch.Tensor,  # (R, L)
+    mask: torch.Tensor,  # (R, L)
+    max_rows: int | None,
+    scores: torch.Tensor,  # (R, L) filled from column 1 on
+    argmax: torch.Tensor,  # (R, L) filled from column 1 on
+) -> None:
+    """One decoder row per candidate, each with a copy of its prompt's KV cache."""
+    decoder, device = model.decoder, model.device
+    past, prompt_mask = state.past, state.mask  # prompt_mask: (B, P + T')
+    prompt_length = state.next_positions[:, 0]  # (B,) position of the first answer token
     step = max_rows or rows_within_budget(
-        len(flat), ids.shape[1], first.shape[-1], cache_bytes_per_row(past)
+        ids.shape[0], ids.shape[1], state.logits.shape[-1], cache_bytes_per_row(past)
     )
-    for start in range(0, len(flat), step):
+    for start in range(0, ids.shape[0], step):
         rows = slice(start, start + step)
         index = owner[rows]  # (r,)
         chunk_ids, chunk_mask = ids[rows], mask[rows]  # (r, L)
-        chunk = scores[rows]  # (r, L) view
-        chunk[:, 0] = first[index].gather(-1, chunk_ids[:, :1]).squeeze(-1)
         width = int(chunk_mask.sum(dim=-1).max())
-        if width > 1:
-            # Feed tokens 0..w-2; the output at token j predicts token j + 1.
-            fed = chunk_ids[:, : width - 1]  # (r, w-1)
-            attention = torch.cat([prompt_mask[index], chunk_mask[:, : width - 1]], dim=1)
-            offsets = torch.arange(width - 1, device=device)
-            positions = prompt_length[index, None] + offsets  # (r, w-1)
-            with adapters_gated(decoder, answer_gate[index]):
-                step_out = decoder(
-                    decoder.embed_tokens(fed),  # (r, w-1, D)
-                    attention,  # (r, T + w-1)
-                    positions,
-                    past_key_values=select_cache_rows(past, index),
-                    use_cache=True,
-                )
-            log_probs = F.log_softmax(step_out.logits.float(), dim=-1)  # (r, w-1, V)
-            chunk[:, 1:width] = _gather(log_probs, chunk_ids[:, 1:width])
-    scores = scores.masked_fill(~mask, 0.0)
-    return CandidateScores(scores, mask, owner, counts)
+        if width < 2:
+            continue
+        # Feed tokens 0..w-2; the output at token j predicts token j + 1.
+        fed = chunk_ids[:, : width - 1]  # (r, w-1)
+        attention = torch.cat([prompt_mask[index], chunk_mask[:, : width - 1]], dim=1)
+        offsets = torch.arange(width - 1, device=device)
+        positions = prompt_length[index, None] + offsets  # (r, w-1)
+        with adapters_gated(decoder, answer_gate[index]):
+            step_out = decoder(
+                decoder.embed_tokens(fed),  # (r, w-1, D)
+                attention,  # (r, T + w-1)
+                positions,
+                past_key_values=select_cache_rows(past, index),
+                use_cache=True,
+            )
+        logits = step_out.logits.float()  # (r, w-1, V)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (r, w-1, 1)
+        scores[rows, 1:width] = _gather(logits, chunk_ids[:, 1:width]) - lse[..., 0]
+        argmax[rows, 1:width] = logits.argmax(dim=-1)
+
+
+def _score_tree(
+    model: ChatNTModel,
+    state: PromptState,
+    answer_gate: torch.Tensor,  # (B, 1)
+    answer_ids: list[list[list[int]]],
+    max_rows: int | None,
+    scores: torch.Tensor,  # (R, L) filled from column 1 on
+    argmax: torch.Tensor,  # (R, L) filled from column 1 on
+) -> None:
+    """Every candidate of a prompt in one decoder row (a token tree, tree attention)."""
+    decoder, device = model.decoder, model.device
+    counts = [len(row) for row in answer_ids]
+    offsets = [sum(counts[:b]) for b in range(len(counts))]  # first candidate row of prompt b
+    width = node_count(answer_ids)
+    if max_rows is not None:
+        step = max(1, max_rows // max(max(counts), 1))
+    else:
+        per_prompt = cache_bytes_per_row(state.past) + width * state.logits.shape[-1] * 4 * 2
+        step = max(1, SCORING_BUDGET_BYTES // per_prompt)
+    for start in range(0, len(answer_ids), step):
+        prompts = list(range(start, min(start + step, len(answer_ids))))
+        tree = build_tree([answer_ids[b] for b in prompts], decoder.pad_token_id, device)
+        if all(len(ids) < 2 for b in prompts for ids in answer_ids[b]):
+            continue
+        index = torch.tensor(prompts, device=device)  # (b,)
+        grid = attention_grid(state.mask[index], tree.grid)  # (b, 1, N, T + N)
+        positions = state.next_positions[index] + tree.depth  # (b, N)
+        with adapters_gated(decoder, answer_gate[index]):
+            out = decoder(
+                decoder.embed_tokens(tree.token_ids),  # (b, N, D)
+                grid,
+                positions,
+                past_key_values=select_cache_rows(state.past, index),
+                use_cache=True,
+            )
+        logits = out.logits.float()  # (b, N, V)
+        lse = torch.logsumexp(logits, dim=-1)  # (b, N)
+        best = logits.argmax(dim=-1)  # (b, N)
+        rows, columns, local, nodes, targets = [], [], [], [], []
+        for k, b in enumerate(prompts):
+            for c, ids in enumerate(answer_ids[b]):
+                for j, node in enumerate(tree.predictor[k][c]):
+                    rows.append(offsets[b] + c)
+                    columns.append(j + 1)
+                    local.append(k)
+                    nodes.append(node)
+                    targets.append(ids[j + 1])
+        if not rows:
+            continue
+        at = (torch.tensor(local, device=device), torch.tensor(nodes, device=device))
+        picked = logits[at[0], at[1], torch.tensor(targets, device=device)] - lse[at]
+        where = (torch.tensor(rows, device=device), torch.tensor(columns, device=device))
+        scores[where] = picked
+        argmax[where] = best[at]
 
 
 @torch.no_grad()

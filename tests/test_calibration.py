@@ -60,7 +60,7 @@ def test_yes_probability_matches_a_manual_computation_from_naive_scores(
     model: ChatNTModel, naive: CandidateScores
 ) -> None:
     p_yes = yes_probability(model, questions(), POSITIVE, NEGATIVE)
-    both = class_probabilities(model, questions(), POSITIVE, NEGATIVE)
+    both, _ = class_probabilities(model, questions(), POSITIVE, NEGATIVE)
     assert p_yes.shape == (2,)
     assert bool(((p_yes > 0) & (p_yes < 1)).all())
     assert torch.allclose(both.sum(dim=-1), torch.ones(2))

@@ -254,6 +254,10 @@ class HFCausalLM(Decoder):
     no pad token, its EOS token becomes the pad token.
     """
 
+    # transformers uses a 4D mask as given (masking_utils), for every architecture built
+    # on its mask functions; tests/test_tree_scoring.py checks the ones the tests build
+    supports_tree_attention = True
+
     def __init__(
         self,
         model: PreTrainedModel,
@@ -383,7 +387,7 @@ class HFCausalLM(Decoder):
     ) -> DecoderOutput:
         output = self.model(
             inputs_embeds=inputs_embeds.to(self.model.dtype),
-            attention_mask=attention_mask.long(),
+            attention_mask=self._mask(attention_mask),
             position_ids=position_ids,
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
@@ -391,6 +395,15 @@ class HFCausalLM(Decoder):
         )
         cache = getattr(output, self._cache_argument, None) if use_cache else None
         return DecoderOutput(logits=output.logits, past_key_values=cache)
+
+    def _mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """A padding mask as transformers takes it (long), or a bool attention grid as the
+        additive float mask transformers uses as-is in place of its causal mask."""
+        if attention_mask.dim() != 4:
+            return attention_mask.long()
+        dtype = self.model.dtype
+        grid = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+        return grid.masked_fill(~attention_mask.bool(), torch.finfo(dtype).min)
 
     def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
         layers = getattr(past_key_values, "layers", None)
