@@ -6,8 +6,9 @@ against the decoder's KV cache. ``use_cache=False`` keeps the recompute path, wh
 tests use as the reference and the benchmark as the baseline.
 
 Rows are left-padded; positions come from the attention mask, and the mask grows by one
-column per step. A row that has emitted a stop token keeps being fed padding (its output
-is cut at the stop) until every row has stopped or ``max_new_tokens`` is reached.
+column per step. A row that has emitted a stop token is fed padding (its output is cut
+at the stop) until a quarter of the rows still decoded have stopped; then the stopped
+rows leave the batch and its KV cache, so long answers do not make short ones pay.
 """
 
 from __future__ import annotations
@@ -136,6 +137,10 @@ def stop_token_ids(model: ChatNTModel, config: GenerationConfig) -> list[int]:
     return sorted(stops)
 
 
+# decoding drops the rows that have stopped once they are a quarter of the batch or more
+COMPACT_AT = 0.75
+
+
 class _Answers:
     """The tokens chosen step by step for every row, and which rows have stopped."""
 
@@ -150,12 +155,15 @@ class _Answers:
         self.produced: list[torch.Tensor] = []
         self.rows = rows
 
-    def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, V) last-position logits -> (B,) next tokens (padding for stopped rows)."""
+    def choose(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """(A, V) last-position logits of the still decoded ``rows`` (A,) -> (A,) next
+        tokens (padding for rows that have stopped)."""
         token = _next_tokens(logits, self.temperature, self.generator)
-        token = torch.where(self.finished, torch.full_like(token, self.pad), token)
-        self.produced.append(token)
-        self.finished |= torch.isin(token, self.stops)
+        token = torch.where(self.finished[rows], torch.full_like(token, self.pad), token)
+        step = torch.full((self.rows,), self.pad, dtype=torch.long, device=token.device)
+        step[rows] = token
+        self.produced.append(step)
+        self.finished[rows] |= torch.isin(token, self.stops)
         return token
 
     @property
@@ -188,23 +196,31 @@ def continue_from(
     decoder = model.decoder
     limit = generation_room(model, input_ids.shape[1], config)
     answers = _Answers(model, config, input_ids.shape[0], input_ids.device)
-    new_gate = row_gate(input_ids, decoder.placeholder_token_id)  # (B, 1)
+    gate = row_gate(input_ids, decoder.placeholder_token_id)  # (A, 1)
     logits, past, mask, positions = state.logits, state.past, state.mask, state.next_positions
+    active = torch.arange(input_ids.shape[0], device=input_ids.device)  # (A,) rows decoded
     for step in range(limit):
-        token = answers.choose(logits)  # (B,)
+        token = answers.choose(logits, active)  # (A,)
         if answers.done or step == limit - 1:
             break
+        running = ~answers.finished[active]  # (A,)
+        if int(running.sum()) <= COMPACT_AT * len(active):
+            # rows that have stopped leave the batch (their cache rows too)
+            keep = running.nonzero()[:, 0]
+            past = select_cache_rows(past, keep)
+            mask, positions, gate = mask[keep], positions[keep], gate[keep]
+            token, active = token[keep], active[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        with adapters_gated(decoder, new_gate):
+        with adapters_gated(decoder, gate):
             out = decoder(
-                decoder.embed_tokens(token[:, None]),  # (B, 1, D)
+                decoder.embed_tokens(token[:, None]),  # (A, 1, D)
                 mask,
                 positions,
                 past_key_values=past,
                 use_cache=True,
                 logits_to_keep=1,
             )
-        past, positions = out.past_key_values, positions + 1  # positions: (B, 1)
+        past, positions = out.past_key_values, positions + 1  # positions: (A, 1)
         logits = out.logits[:, -1]
     return answers.ids()
 
@@ -232,13 +248,14 @@ def generate_ids(
     # the released ChatNT's way: the whole prompt and answer so far, again for every token
     decoder = model.decoder
     answers = _Answers(model, config, embeds.shape[0], embeds.device)
+    all_rows = torch.arange(embeds.shape[0], device=embeds.device)
     mask = batch.attention_mask  # (B, T)
     gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
     new_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
     for step in range(limit):
         with adapters_gated(decoder, gate):
             out = decoder(embeds, mask, position_ids_from_mask(mask), logits_to_keep=1)
-        token = answers.choose(out.logits[:, -1])  # (B,)
+        token = answers.choose(out.logits[:, -1], all_rows)  # (B,)
         if answers.done or step == limit - 1:
             break
         embeds = torch.cat([embeds, decoder.embed_tokens(token[:, None]).to(embeds.dtype)], dim=1)

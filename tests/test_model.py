@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -332,3 +333,35 @@ def test_assembly_is_deterministic_and_leaves_the_global_rng_alone() -> None:
     other = ChatNTModel.from_config(parse_config(data))
     latents = [k for k in first.state_dict() if k.endswith("latents")]
     assert not torch.equal(first.state_dict()[latents[0]], other.state_dict()[latents[0]])
+
+
+def test_rows_that_stop_early_leave_the_batch_without_changing_any_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows stop at different steps (the stop tokens are picked from a first run), so the
+    decoding batch shrinks twice; the tokens equal the uncached run's and one-by-one runs."""
+    import chatnt_core.generation as generation
+
+    model = sharp_tiny_model()
+    questions = ["Is @a.fna GC-rich?", "Hi", "Is there a CTCF site in @b.fna?", "Why @a.fna?"]
+    sequences = [{"a.fna": DNA}, {}, {"b.fna": DNA[:12]}, {"a.fna": DNA[3:]}]
+    batch = model.prompt_batch(questions, sequences)
+    free = generate_ids(model, batch, GenerationConfig(max_new_tokens=10, ignore_eos=True))
+    stops = (free[0][1], free[2][4])
+    config = GenerationConfig(max_new_tokens=10, ignore_eos=True, stop_token_ids=stops)
+    shrinks: list[int] = []
+    select = generation.select_cache_rows
+    monkeypatch.setattr(
+        generation,
+        "select_cache_rows",
+        lambda past, index: shrinks.append(len(index)) or select(past, index),
+    )
+    cached = generate_ids(model, batch, config)
+    full = generate_ids(model, batch, dataclasses.replace(config, use_cache=False))
+    single = [
+        generate_ids(model, model.prompt_batch([q], [s]), config)[0]
+        for q, s in zip(questions, sequences)
+    ]
+    assert cached == full == single
+    assert shrinks  # the batch did shrink ...
+    assert sorted(len(row) for row in cached) != [10] * 4  # ... because rows stopped early
