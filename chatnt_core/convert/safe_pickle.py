@@ -87,6 +87,13 @@ def _dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype[Any]:
     return dtype
 
 
+def _latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol 2 uses it for bytes: latin-1 text to bytes only."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError("the file calls _codecs.encode in an unexpected way")
+    return text.encode("latin1")
+
+
 def _scalar(dtype: np.dtype[Any], data: bytes) -> Any:
     if dtype.hasobject:
         raise UnsafePickleError("the file holds an object scalar (it could run code)")
@@ -110,6 +117,8 @@ class _RestrictedUnpickler(pickle._Unpickler):
                 return allowed[name]
         if (module, name) == ("collections", "OrderedDict"):
             return dict
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1
         raise UnsafePickleError(
             f"refusing to read {module}.{name} from the file: only numpy arrays, dicts, lists "
             "and scalars are allowed in a parameter file (this one could run code)"
