@@ -95,6 +95,13 @@ def bench_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def build_model(config: dict[str, Any]) -> tuple[ChatNTModel, int]:
+    """The seeded random assembly in eval mode, and its decoder's parameter count."""
+    torch.manual_seed(0)
+    model = ChatNTModel.from_config(parse_config(config)).eval()
+    return model, sum(p.numel() for p in model.decoder.parameters())
+
+
 def make_prompts(model: ChatNTModel, count: int, target: int, seed: int) -> list[Example]:
     """``count`` one-tag questions padded with filler text to ``target`` decoder tokens."""
     rng = random.Random(seed)
@@ -289,9 +296,7 @@ def official_method(model: ChatNTModel, batch: Any, steps: int, window: int) -> 
 
 def bench_official(args: argparse.Namespace) -> None:
     """Tokens/s of the official method and of ours on the published ChatNT's layer shape."""
-    torch.manual_seed(0)
-    model = ChatNTModel.from_config(parse_config(official_shape_config(args))).eval()
-    params = sum(p.numel() for p in model.decoder.parameters())
+    model, params = build_model(official_shape_config(args))
     print(
         f"\n== published-ChatNT shape ({args.official_layers} decoder layer(s) of Vicuna-7B's "
         f"shape, {params / 1e6:.0f}M decoder params, vocabulary 32000, K = 64, official "
@@ -372,9 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = ChatNTModel.from_config(parse_config(bench_config(args))).eval()
-    decoder_params = sum(p.numel() for p in model.decoder.parameters())
+    model, decoder_params = build_model(bench_config(args))
     print(
         f"torch {torch.__version__}, {args.threads} threads; decoder {decoder_params / 1e6:.1f}M "
         f"params ({args.layers} layers, hidden 512), K={args.num_latents}, "

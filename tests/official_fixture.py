@@ -27,6 +27,12 @@ PAD = 0
 HEADS = ["--encoder-heads", "4", "--projection-heads", "4", "--decoder-heads", "4"]
 
 
+def convert_args(source: Path, out: Path, tokenizer: Path, *extra: str) -> list[str]:
+    """``chatnt convert official-chatnt`` arguments for the tiny fixture model."""
+    command = ["convert", "official-chatnt", str(source), "--out", str(out)]
+    return [*command, "--english-tokenizer", str(tokenizer), *HEADS, *extra]
+
+
 def save_english_tokenizer(folder: Path) -> Path:
     """A word-level tokenizer with the fixture's vocabulary and ``<DNA>`` after it (as the
     published LLaMA tokenizer has ``<DNA>`` at 32000); pad = ``<unk>`` = 0 as in LLaMA."""

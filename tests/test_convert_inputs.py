@@ -13,7 +13,8 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from official_fixture import FIXTURES, HEADS, load_case, save_english_tokenizer, tagged
+from official_fixture import FIXTURES, convert_args, load_case, save_english_tokenizer, tagged
+from test_cli_ask import run_cli as run
 
 from chatnt_core import ChatNTModel
 from chatnt_core.api import ChatNT
@@ -36,26 +37,6 @@ def nested(flat: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
         module, _, param = name.rpartition("/")
         tree.setdefault(module.replace("chat_nt_", "bio_brain_"), {})[param] = array
     return tree
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(args)
-    out = capsys.readouterr()
-    return int(info.value.code or 0), out.out, out.err
-
-
-def convert_args(source: Path, out: Path, tokenizer: Path) -> list[str]:
-    return [
-        "convert",
-        "official-chatnt",
-        str(source),
-        "--out",
-        str(out),
-        "--english-tokenizer",
-        str(tokenizer),
-        *HEADS,
-    ]
 
 
 # ---- the restricted unpickler -----------------------------------------------------------

@@ -18,8 +18,8 @@ import pytest
 import torch
 from official_fixture import (
     FIXTURES,
-    HEADS,
     K,
+    convert_args,
     load_case,
     official_rows,
     save_english_tokenizer,
@@ -36,25 +36,12 @@ TOLERANCE = 1e-4
 CASES = ["case_one", "case_two"]  # one and two sequences per prompt
 
 
-def convert(tmp: Path, source: Path = FIXTURES / "params.npz", *extra: str) -> Path:
+def convert(tmp: Path, source: Path = FIXTURES / "params.npz") -> Path:
     tokenizer = save_english_tokenizer(tmp / "english_tokenizer")
-    out = tmp / "converted"
     with pytest.raises(SystemExit) as exit_info:
-        main(
-            [
-                "convert",
-                "official-chatnt",
-                str(source),
-                "--out",
-                str(out),
-                "--english-tokenizer",
-                str(tokenizer),
-                *HEADS,
-                *extra,
-            ]
-        )
+        main(convert_args(source, tmp / "converted", tokenizer))
     assert exit_info.value.code == 0
-    return out
+    return tmp / "converted"
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,15 @@ class Heads:
     decoder: int = 32
 
 
+def _stack(p: HaikuParams, top: str, layer: str, what: str) -> tuple[str, int]:
+    """The model's root module under ``top`` and how many ``layer{i}`` modules it has."""
+    root = f"{top}/{p.child(top)}"
+    layers = p.count(f"{root}/{layer}")
+    if layers == 0:
+        raise ConversionError(f"{p.source}: no {what} layers under '{root}'")
+    return root, layers
+
+
 def linear(w: np.ndarray) -> torch.Tensor:
     """Haiku ``[in, out]`` -> torch ``[out, in]``."""
     return torch.from_numpy(np.ascontiguousarray(w.T))
@@ -85,11 +94,8 @@ class EncoderSizes:
 
 def encoder_state(p: HaikuParams, heads: int) -> tuple[EncoderSizes, dict[str, torch.Tensor]]:
     """The NT-v2 encoder as ``chatnt_nt.NTv2Model`` tensors (its LayerNorms: 1e-5)."""
-    root = f"{ENCODER}/{p.child(ENCODER)}"
+    root, layers = _stack(p, ENCODER, "attention_layer_", "NT-v2")
     vocab, d = p.shape(f"{root}/~/embed/embeddings")
-    layers = p.count(f"{root}/attention_layer_")
-    if layers == 0:
-        raise ConversionError(f"{p.source}: no NT-v2 layers under '{root}'")
     f = p.shape(f"{root}/attention_layer_0/~/fc2/w")[0]
     if d % heads:
         raise ConversionError(f"encoder width {d} is not divisible by --encoder-heads {heads}")
@@ -202,11 +208,8 @@ class DecoderSizes:
 
 def decoder_state(p: HaikuParams, heads: int) -> tuple[DecoderSizes, dict[str, torch.Tensor]]:
     """The decoder as ``transformers`` Llama tensors (q/k rows permuted for half-split RoPE)."""
-    root = f"{DECODER}/{p.child(DECODER)}"
+    root, layers = _stack(p, DECODER, "gpt_decoder_layer_", "decoder")
     vocab, d = p.shape(f"{root}/~/token_embed/embeddings")
-    layers = p.count(f"{root}/gpt_decoder_layer_")
-    if layers == 0:
-        raise ConversionError(f"{p.source}: no decoder layers under '{root}'")
     first = f"{root}/gpt_decoder_layer_0/~"
     f = p.shape(f"{first}/fc2_linear/w")[0]
     if d % heads or (d // heads) % 2:
