@@ -94,50 +94,41 @@ class HaikuParams:
 
     def __init__(self, flat: Mapping[str, np.ndarray], source: str) -> None:
         self._flat = dict(flat)
-        self._taken: set[str] = set()
+        # a taken array is dropped here at once (a 7B model is held once, not twice)
+        self._shapes = {name: tuple(array.shape) for name, array in self._flat.items()}
         self.source = source
 
-    def names(self) -> list[str]:
-        return sorted(self._flat)
-
-    def has(self, name: str) -> bool:
-        return name in self._flat
-
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._require(name).shape)
-
-    def _require(self, name: str) -> np.ndarray:
-        if name not in self._flat:
+        if name not in self._shapes:
             raise ConversionError(
                 f"{self.source} has no parameter '{name}': it is not a (complete) ChatNT "
                 "parameter file"
             )
-        return self._flat[name]
+        return self._shapes[name]
 
     def take(self, name: str, shape: Iterable[int]) -> np.ndarray:
-        """The array ``name`` as float32-or-wider numpy, refused unless its shape is ``shape``."""
-        array = self._require(name)
-        expected = tuple(shape)
-        if tuple(array.shape) != expected:
+        """The array ``name``, refused unless its shape is ``shape``; each is taken once."""
+        found, expected = self.shape(name), tuple(shape)
+        if found != expected:
             raise ConversionError(
-                f"{self.source}: parameter '{name}' has shape {tuple(array.shape)}, expected "
+                f"{self.source}: parameter '{name}' has shape {found}, expected "
                 f"{expected} from the other arrays (a different or damaged model)"
             )
-        self._taken.add(name)
-        return array
+        if name not in self._flat:
+            raise ValueError(f"'{name}' was taken twice")  # a bug in the rules
+        return self._flat.pop(name)
 
     def count(self, prefix: str) -> int:
         """How many consecutively numbered modules ``{prefix}{i}/`` there are."""
         i = 0
-        while any(n.startswith(f"{prefix}{i}/") for n in self._flat):
+        while any(n.startswith(f"{prefix}{i}/") for n in self._shapes):
             i += 1
         return i
 
     def child(self, prefix: str) -> str:
         """The single module name right under ``prefix/`` (e.g. the NT model's own name)."""
-        found = {
-            n[len(prefix) + 1 :].split("/")[0] for n in self._flat if n.startswith(prefix + "/")
-        }
+        start = len(prefix) + 1
+        found = {n[start:].split("/")[0] for n in self._shapes if n.startswith(prefix + "/")}
         found.discard("~")
         if len(found) != 1:
             raise ConversionError(
@@ -147,7 +138,6 @@ class HaikuParams:
         return found.pop()
 
     def leftover(self, ignored: Iterable[str] = ()) -> list[str]:
+        """Names never taken, except those containing one of ``ignored``."""
         skip = tuple(ignored)
-        return sorted(
-            n for n in self._flat if n not in self._taken and not any(s in n for s in skip)
-        )
+        return sorted(n for n in self._flat if not any(s in n for s in skip))

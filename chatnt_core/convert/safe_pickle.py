@@ -159,9 +159,12 @@ _COMPRESSED = (
 
 
 def _open(path: Path) -> BinaryIO:
+    """A stream of the pickle: the file itself when uncompressed (no copy in memory)."""
+    with path.open("rb") as probe:
+        head = probe.read(1)
+    if head == b"\x80":  # a pickle protocol marker: not compressed
+        return path.open("rb")
     data = path.read_bytes()
-    if data[:1] == b"\x80":  # a pickle protocol marker: not compressed
-        return io.BytesIO(data)
     for magic, decompress in _COMPRESSED:
         if data.startswith(magic):
             try:
@@ -178,7 +181,8 @@ def load_restricted(path: str | Path) -> Any:
     """The object a joblib/pickle file holds, built from the allowed types only."""
     path = Path(path)
     try:
-        return _RestrictedUnpickler(_open(path)).load()
+        with _open(path) as stream:
+            return _RestrictedUnpickler(stream).load()
     except UnsafePickleError as exc:
         raise UnsafePickleError(f"{path}: {exc}") from None
     except (pickle.UnpicklingError, EOFError, IndexError, KeyError, ValueError) as exc:
