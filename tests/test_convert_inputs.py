@@ -94,6 +94,24 @@ def test_plain_pickles_of_arrays_are_read(tmp_path: Path) -> None:
         assert loaded["m"]["s"] == 2.0
 
 
+def test_a_folder_of_safetensors_shards_reads_like_the_npz(tmp_path: Path) -> None:
+    import json
+
+    from safetensors.numpy import save_file
+
+    flat = fixture_params()
+    names = sorted(flat)
+    shards = {"a.safetensors": names[::2], "b.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({n.replace("chat_nt_", "bio_brain_"): flat[n] for n in part}, tmp_path / file)
+    weight_map = {n.replace("chat_nt_", "bio_brain_"): f for f, ns in shards.items() for n in ns}
+    index = {"weight_map": weight_map}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    read = read_params(tmp_path)
+    assert read.keys() == flat.keys()
+    assert all(np.array_equal(read[k], flat[k]) for k in flat)
+
+
 # ---- refused parameter files ------------------------------------------------------------
 
 DROPPED = "chat_nt_decoder/llama_decoder/gpt_decoder_layer_1/~/ffn_RMS_norm/scale"
