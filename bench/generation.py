@@ -95,6 +95,13 @@ def bench_config(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def build_model(config: dict[str, Any]) -> tuple[ChatNTModel, int]:
+    """The seeded random assembly in eval mode, and its decoder's parameter count."""
+    torch.manual_seed(0)
+    model = ChatNTModel.from_config(parse_config(config)).eval()
+    return model, sum(p.numel() for p in model.decoder.parameters())
+
+
 def make_prompts(model: ChatNTModel, count: int, target: int, seed: int) -> list[Example]:
     """``count`` one-tag questions padded with filler text to ``target`` decoder tokens."""
     rng = random.Random(seed)
@@ -207,6 +214,127 @@ def bench_scoring(model: ChatNTModel, args: argparse.Namespace) -> None:
         print(f"{'speed-up vs ' + name:>34}: {seconds[name] / base:5.1f}x")
 
 
+# ---- the published ChatNT's shape: the official method vs ours ---------------------------
+
+
+def official_shape_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Vicuna-7B's layer shape (hidden 4096, MLP 11008, 32 heads, vocabulary 32000) and the
+    published Perceiver's (32 x 128 heads, MLP 11008) at ``--official-layers`` depth, with
+    the ``chatnt-official`` prompt conventions; a tiny random NT-v2 (its cost is the same
+    for both methods: the official code also encodes and projects once per prompt)."""
+    return {
+        "name": "bench-official-shape",
+        "num_latents": 64,
+        "encoders": {
+            "dna": {
+                "name": "nucleotide-transformer-v2",
+                "params": {"preset": "tiny"},
+                "cache_size": 0,
+                "projection": {
+                    "name": "english-aware-perceiver",
+                    "params": {
+                        "num_layers": args.official_layers,
+                        "num_heads": 32,
+                        "head_dim": 128,
+                        "ffn_dim": 11008,
+                    },
+                },
+            }
+        },
+        "decoder": {
+            "name": "hf-causal-lm",
+            "params": {
+                "random_init": {
+                    "model_type": "llama",
+                    "hidden_size": 4096,
+                    "intermediate_size": 11008,
+                    "num_hidden_layers": args.official_layers,
+                    "num_attention_heads": 32,
+                    "num_key_value_heads": 32,
+                    "vocab_size": 32000,
+                    "max_position_embeddings": 2048,
+                },
+                "tokenizer": "bytes",
+                "placeholder_embedding": "clamp",
+                "norm_eps": {"model.norm": 1e-5},
+            },
+        },
+        "prompt": {
+            "template": "vicuna",
+            "placeholder_layout": "insert_before_kept",
+            "question_scope": "whole_prompt",
+        },
+    }
+
+
+@torch.no_grad()
+def official_method(model: ChatNTModel, batch: Any, steps: int, window: int) -> list[list[int]]:
+    """What the released JAX code does per generated token: the whole right-padded window
+    (``window`` positions, no padding mask) through the decoder, logits at every position,
+    the argmax at the last real one written into the next pad slot. The projected vectors
+    are computed once, as the official code caches them after the first step."""
+    decoder = model.decoder
+    embeds = model.embed_prompt(batch)  # (B, T, D), left-padded
+    lengths = batch.attention_mask.sum(dim=1)  # (B,)
+    pad = decoder.embed_tokens(torch.full((1, 1), decoder.pad_token_id))[0, 0]  # (D,)
+    rows = embeds.new_empty((embeds.shape[0], window, embeds.shape[-1]))
+    rows[:] = pad
+    for i, n in enumerate(lengths.tolist()):
+        rows[i, :n] = embeds[i, embeds.shape[1] - n :]  # right padding, as the official
+    positions = torch.arange(window)[None].expand(embeds.shape[0], -1)
+    mask = torch.ones((embeds.shape[0], window), dtype=torch.bool)
+    produced: list[list[int]] = [[] for _ in range(embeds.shape[0])]
+    for _ in range(steps):
+        logits = decoder(rows, mask, positions, logits_to_keep=0).logits  # (B, window, V)
+        for i, n in enumerate(lengths.tolist()):
+            token = int(logits[i, n - 1].argmax())
+            produced[i].append(token)
+            rows[i, n] = decoder.embed_tokens(torch.tensor([[token]]))[0, 0]
+        lengths = lengths + 1
+    return produced
+
+
+def bench_official(args: argparse.Namespace) -> None:
+    """Tokens/s of the official method and of ours on the published ChatNT's layer shape."""
+    model, params = build_model(official_shape_config(args))
+    print(
+        f"\n== published-ChatNT shape ({args.official_layers} decoder layer(s) of Vicuna-7B's "
+        f"shape, {params / 1e6:.0f}M decoder params, vocabulary 32000, K = 64, official "
+        f"window {args.window}): {args.official_new_tokens} new tokens ours, "
+        f"{args.official_steps} official steps (its cost per token is flat) =="
+    )
+    print(f"{'batch':>5} {'prompt T':>8} {'method':>22} {'new tok':>7} {'seconds':>8} {'tok/s':>8}")
+    for batch_size in args.batch_sizes:
+        examples = make_prompts(model, batch_size, args.official_prompt_tokens, seed=batch_size)
+        batch = model.tokenize(examples)
+        config = GenerationConfig(max_new_tokens=args.official_new_tokens, ignore_eos=True)
+        generate_ids(model, model.tokenize(examples[:1]), GenerationConfig(max_new_tokens=1))
+        rates = {}
+        runs = (
+            (
+                "ours (KV cache, batched)",
+                args.official_new_tokens,
+                lambda batch=batch, config=config: generate_ids(model, batch, config),
+            ),
+            (
+                "official (recompute)",
+                args.official_steps,
+                lambda batch=batch: official_method(model, batch, args.official_steps, args.window),
+            ),
+        )
+        for name, steps, fn in runs:
+            start = time.perf_counter()
+            fn()
+            seconds = time.perf_counter() - start
+            rates[name] = batch_size * steps / seconds
+            print(
+                f"{batch_size:>5} {batch.input_ids.shape[1]:>8} {name:>22} {steps:>7} "
+                f"{seconds:>8.1f} {rates[name]:>8.2f}"
+            )
+        ours, official = rates.values()
+        print(f"{batch_size:>5} {'':>8} {'speed-up':>22} {'':>7} {'':>8} {ours / official:>7.1f}x")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
@@ -229,12 +357,27 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--skip", choices=["generation", "scoring"], nargs="*", default=[])
+    parser.add_argument(
+        "--official",
+        action="store_true",
+        help="only the published-ChatNT comparison: the official method vs ours",
+    )
+    parser.add_argument("--official-layers", type=int, default=1)
+    parser.add_argument("--official-new-tokens", type=int, default=20)
+    parser.add_argument("--official-steps", type=int, default=2)
+    parser.add_argument("--official-prompt-tokens", type=int, default=300)
+    parser.add_argument("--window", type=int, default=512, help="the official English window")
     args = parser.parse_args(argv)
+    if args.official:
+        torch.set_num_threads(args.threads)
+        print(f"torch {torch.__version__}, {args.threads} threads")
+        start = time.perf_counter()
+        bench_official(args)
+        print(f"\ntotal {time.perf_counter() - start:.0f} s")
+        return
 
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = ChatNTModel.from_config(parse_config(bench_config(args))).eval()
-    decoder_params = sum(p.numel() for p in model.decoder.parameters())
+    model, decoder_params = build_model(bench_config(args))
     print(
         f"torch {torch.__version__}, {args.threads} threads; decoder {decoder_params / 1e6:.1f}M "
         f"params ({args.layers} layers, hidden 512), K={args.num_latents}, "

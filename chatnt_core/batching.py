@@ -125,12 +125,19 @@ def tokenize_example(
 
     ids: list[int] = []
     labels: list[int] = []
+    prompt_ends: list[int] = []  # len(ids) after each user message's segment
     for i, segment in enumerate(render_segments(turns, prompt, decoder)):
         piece = decoder.tokenize(segment.text, add_bos=(i == 0))
         if segment.append_eos:
             piece.append(decoder.eos_token_id)
         ids += piece
         labels += piece if segment.is_answer else [IGNORE_INDEX] * len(piece)
+        if not segment.is_answer:
+            prompt_ends.append(len(ids))
+    if prompt.question_scope == "whole_prompt":
+        # the published ChatNT's Perceiver reads the whole templated prompt (tags as one
+        # placeholder id each), not only the user's message
+        questions = [ids[:end] for end in prompt_ends[: len(questions)]]
 
     placeholder = decoder.placeholder_token_id
     found = ids.count(placeholder)
@@ -141,8 +148,10 @@ def tokenize_example(
         )
     expanded_ids: list[int] = []
     expanded_labels: list[int] = []
+    # 'insert_before_kept': K rows for the vectors, then the placeholder itself stays
+    per_tag = num_latents + (1 if prompt.placeholder_layout == "insert_before_kept" else 0)
     for token, label in zip(ids, labels):
-        repeat = num_latents if token == placeholder else 1
+        repeat = per_tag if token == placeholder else 1
         expanded_ids += [token] * repeat
         expanded_labels += [label if token != placeholder else IGNORE_INDEX] * repeat
 

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chatnt_core.cli_ask import ask_command, batch_command, chat_command
+from chatnt_core.cli_convert import convert_app
 from chatnt_core.cli_models import models_app
 from chatnt_core.config import load_config, resolve_config
 from chatnt_core.data.cli import data_app
@@ -37,6 +38,7 @@ config_app = typer.Typer(help="Validate, show and list model configs.", no_args_
 app.add_typer(config_app, name="config")
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
+app.add_typer(convert_app, name="convert")
 app.command("train")(train_command)
 app.command("ask")(ask_command)
 app.command("chat")(chat_command)

@@ -72,6 +72,20 @@ class PromptConfig(_Strict):
         "computes depends on how the files were named. The projection's question never holds "
         "tag names in any mode.",
     )
+    placeholder_layout: Literal["replace", "insert_before_kept"] = Field(
+        "replace",
+        description="'replace': each tag becomes K placeholder rows that the K projected "
+        "vectors overwrite; 'insert_before_kept': the K vectors are inserted before one "
+        "placeholder token that stays and is embedded as the decoder embeds it (the layout "
+        "the published ChatNT weights were trained with; see docs/published-chatnt.md)",
+    )
+    question_scope: Literal["user_turn", "whole_prompt"] = Field(
+        "user_turn",
+        description="what the projection reads as the question: 'user_turn', the user "
+        "message holding the tag; 'whole_prompt', the templated prompt up to and including "
+        "that message (system text, 'USER: ... ASSISTANT:', tags as one placeholder each), "
+        "as the published ChatNT's Perceiver does",
+    )
 
 
 class ModelConfig(_Strict):

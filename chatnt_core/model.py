@@ -268,7 +268,11 @@ class ChatNTModel(nn.Module):
         tokens = self.decoder.embed_tokens(batch.input_ids)  # (B, T, D)
         projected = self.words_for(batch, self.project_occurrences(batch, cache))  # (O, K, D)
         return merge_sequence_embeddings(
-            tokens, batch.input_ids, projected, self.decoder.placeholder_token_id
+            tokens,
+            batch.input_ids,
+            projected,
+            self.decoder.placeholder_token_id,
+            self.config.prompt.placeholder_layout,
         )
 
     def words_for(self, batch: ModelBatch, projected: torch.Tensor) -> torch.Tensor:
@@ -346,6 +350,7 @@ class ChatNTModel(nn.Module):
             batch.input_ids,
             self.words_for(batch, projected),
             self.decoder.placeholder_token_id,
+            self.config.prompt.placeholder_layout,
         )  # (B, T, D)
         ids, mask, labels = batch.input_ids, batch.attention_mask, batch.labels  # (B, T)
         frozen = self.use_prefix_cache and self._prefix_cacheable()

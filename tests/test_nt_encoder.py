@@ -196,6 +196,11 @@ def test_mismatched_checkpoints_are_rejected_by_name(
 
 def test_config_overrides_and_foreign_configs(saved: Path) -> None:
     assert encoder_from(saved, layer_norm_eps=1e-12).model.final_norm.eps == 1e-12
+    # the published config.json files say 1e-12; the weights were trained with 1e-5
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "layer_norm_eps": 1e-12}))
+    model = encoder_from(saved).model
+    assert {m.eps for m in model.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-5}
     config = json.loads((saved / "config.json").read_text())
     config["vocab_size"] = 4096
     (saved / "config.json").write_text(json.dumps(config))

@@ -19,6 +19,7 @@ from chatnt_nt import checkpoint as nt_checkpoint
 
 PAPER = "chatnt-nt-v2-500m-vicuna-7b"
 LLAMA2 = "chatnt-nt-v2-500m-llama-2-7b-chat"
+OFFICIAL = "chatnt-official"
 
 
 def read(name: str) -> dict[str, Any]:
@@ -49,7 +50,29 @@ def test_llama2_variant_differs_only_in_the_decoder() -> None:
     assert paper == variant
 
 
-@pytest.mark.parametrize("name", [PAPER, LLAMA2])
+def test_official_preset_is_the_paper_assembly_with_the_published_conventions() -> None:
+    paper, official = read(PAPER), read(OFFICIAL)
+    for data in (paper, official):
+        for key in ("name", "description"):
+            data.pop(key)
+    assert official.pop("prompt") == {
+        "template": "vicuna",
+        "placeholder_layout": "insert_before_kept",
+        "question_scope": "whole_prompt",
+    }
+    paper.pop("prompt")
+    official_decoder = official["decoder"]["params"]
+    assert official_decoder.pop("placeholder_token") == "<DNA>"
+    assert official_decoder.pop("placeholder_embedding") == "clamp"
+    assert official_decoder.pop("norm_eps") == {"model.norm": 1e-5}
+    projection = official["encoders"]["dna"]["projection"]["params"]
+    assert projection.pop("question_vocab_size") == 32000
+    assert official["encoders"]["dna"].pop("trainable") is False  # weights from convert
+    paper["encoders"]["dna"].pop("trainable")
+    assert paper == official
+
+
+@pytest.mark.parametrize("name", [PAPER, LLAMA2, OFFICIAL])
 def test_paper_presets_validate_without_touching_weights(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -61,7 +84,7 @@ def test_paper_presets_validate_without_touching_weights(
     resolve_config(load_config(name))
 
 
-@pytest.mark.parametrize("name", [PAPER, LLAMA2])
+@pytest.mark.parametrize("name", [PAPER, LLAMA2, OFFICIAL])
 def test_paper_presets_load_weights_present_locally(name: str, tmp_path: Path) -> None:
     """The preset, its weights swapped for tiny local checkpoints of the published layouts."""
     nt_dir = nt_checkpoint.save_pretrained(NTv2Model(PRESETS["tiny"]), tmp_path / "nt")

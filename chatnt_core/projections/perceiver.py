@@ -317,10 +317,15 @@ class EnglishAwarePerceiver(_PerceiverBase):
             _truncated_normal_(self.question_table.weight.data, 1.0 / math.sqrt(output_dim))
 
     def embed_question(self, question_ids: torch.Tensor) -> torch.Tensor:
-        """(B, Q) decoder-vocabulary ids -> (B, Q, D) from the projection's own table."""
+        """(B, Q) decoder-vocabulary ids -> (B, Q, D) from the projection's own table.
+
+        Ids past the table (the placeholder, when the table has the decoder's vocabulary
+        size as in the published ChatNT) read its last row, as the official JAX gather does.
+        """
         if self.question_table is None:
             return super().embed_question(question_ids)
-        return self.question_table(question_ids)  # (B, Q, D)
+        rows = self.question_table.num_embeddings
+        return self.question_table(question_ids.clamp(max=rows - 1))  # (B, Q, D)
 
     def forward(
         self,
@@ -390,6 +395,13 @@ class EnglishAwarePerceiverParams(PerceiverParams):
         description="Embed the question with a trainable table of the projection's own "
         "('own', as ChatNT) or reuse the decoder's input embeddings ('decoder').",
     )
+    question_vocab_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Rows of the own question table; default the decoder tokenizer's size. "
+        "The published ChatNT's has the decoder vocabulary's 32000 rows, so its placeholder "
+        "id 32000 reads the last row.",
+    )
 
 
 def _word_output(params: PerceiverParams) -> WordOutput:
@@ -430,7 +442,7 @@ def build_english_aware_perceiver(
         head_dim=params.head_dim,
         ffn_dim=params.ffn_dim,
         question_source=params.question_embeddings,
-        question_vocab_size=context.question_vocab_size,
+        question_vocab_size=params.question_vocab_size or context.question_vocab_size,
         summary=params.summary,
         output_rms=context.embedding_rms or 1.0 if params.normalize_output else None,
         word_output=_word_output(params),

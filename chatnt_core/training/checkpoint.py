@@ -113,6 +113,9 @@ class CheckpointPayload:
     rank: int = 0
     world_size: int = 1
     barrier: Callable[[], None] = field(default=lambda: None)
+    # writes extra files into the checkpoint directory before the manifest (a converted
+    # model's frozen parts, referenced from its config as ``./name``)
+    assets: Callable[[Path], None] | None = None
 
 
 def _write_optimizer(directory: Path, stem: str, state: dict[str, Any]) -> None:
@@ -166,6 +169,8 @@ def save_checkpoint(output_dir: Path, step: int, payload: CheckpointPayload) -> 
             payload.tokenizer.save_pretrained(str(tmp / "tokenizer"))
             for path in (tmp / "tokenizer").iterdir():
                 state_io.fsync_path(path)
+        if payload.assets is not None:
+            payload.assets(tmp)
         _write_manifest(tmp)
         state_io.fsync_path(tmp)
         if final.exists():  # re-saving a step (after a resume): replace it whole
@@ -326,6 +331,31 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: Pat
     model.load_state_dict(weights, strict=False)
 
 
+LOCAL_PREFIX = "./"  # a params path inside the checkpoint directory itself
+
+
+def anchor_local_paths(model_data: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Component ``path``/``tokenizer`` params written ``./name`` point into ``directory``
+    (a converted model keeps its frozen parts there, so the folder can move)."""
+
+    def anchored(block: Any) -> Any:
+        if not isinstance(block, dict) or not isinstance(block.get("params"), dict):
+            return block
+        params = dict(block["params"])
+        for key in ("path", "tokenizer"):
+            value = params.get(key)
+            if isinstance(value, str) and value.startswith(LOCAL_PREFIX):
+                params[key] = str(directory / value[len(LOCAL_PREFIX) :])
+        return {**block, "params": params}
+
+    out = dict(model_data)
+    out["decoder"] = anchored(out.get("decoder"))
+    encoders = out.get("encoders")
+    if isinstance(encoders, dict):
+        out["encoders"] = {m: anchored(slot) for m, slot in encoders.items()}
+    return out
+
+
 def load_model_from_checkpoint(path: str | Path) -> Any:
     """Rebuild the trained ``ChatNTModel`` from a checkpoint (verified first), in eval mode.
 
@@ -337,7 +367,7 @@ def load_model_from_checkpoint(path: str | Path) -> Any:
     from chatnt_core.training.lora import apply_lora
 
     checkpoint = Checkpoint.open(path)
-    model_data = dict(checkpoint.config["model"])
+    model_data = anchor_local_paths(dict(checkpoint.config["model"]), checkpoint.directory)
     if checkpoint.tokenizer_dir is not None:
         decoder = dict(model_data["decoder"])
         params = dict(decoder.get("params", {}))

@@ -10,6 +10,7 @@ placeholder (and any other id past the table) up as the pad token instead.
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
 import os
 import warnings
@@ -84,6 +85,19 @@ class HFCausalLMParams(BaseModel):
     )
     max_context: int | None = Field(
         default=None, ge=1, description="longest prompt in tokens; default: max_position_embeddings"
+    )
+    placeholder_embedding: Literal["pad", "clamp"] = Field(
+        default="pad",
+        description="how ids past the embedding table (the placeholder) are embedded: 'pad', "
+        "as the pad token; 'clamp', as the table's last row, which is what the official "
+        "ChatNT's JAX gather does and what its published weights were trained with",
+    )
+    norm_eps: dict[str, float] = Field(
+        default_factory=dict,
+        description="epsilon per normalisation module, by module name or glob (e.g. "
+        "{'model.norm': 1.0e-5}); for checkpoints trained with norms whose epsilons "
+        "differ (the published ChatNT: layers 1e-6, final norm 1e-5), which transformers "
+        "configs cannot express",
     )
 
     @model_validator(mode="after")
@@ -235,6 +249,28 @@ def load_model(params: HFCausalLMParams, tokenizer_size: int) -> PreTrainedModel
     return model
 
 
+def apply_norm_eps(model: torch.nn.Module, norm_eps: dict[str, float]) -> None:
+    """Set the epsilon of the normalisation modules ``norm_eps`` names (globs allowed).
+
+    transformers' norms keep it as ``variance_epsilon`` (RMSNorm) or ``eps`` (LayerNorm);
+    a pattern matching no such module is a config error, not silently ignored.
+    """
+    for pattern, eps in norm_eps.items():
+        hits = 0
+        for name, module in model.named_modules():
+            if not fnmatch.fnmatchcase(name, pattern):
+                continue
+            for attribute in ("variance_epsilon", "eps"):
+                if isinstance(getattr(module, attribute, None), float):
+                    setattr(module, attribute, float(eps))
+                    hits += 1
+        if hits == 0:
+            raise ConfigError(
+                f"decoder norm_eps: '{pattern}' names no normalisation module of the model "
+                "(e.g. 'model.norm' or 'model.layers.*.input_layernorm')"
+            )
+
+
 def _as_int(value: Any) -> int | None:
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
@@ -272,13 +308,6 @@ class HFCausalLM(Decoder):
         self._embedding_rows, self.hidden_size = _weight_shape(model.get_input_embeddings())
         head = model.get_output_embeddings()
         self.vocab_size = _weight_shape(head)[0] if head is not None else int(config.vocab_size)
-        if len(tokenizer) > self._embedding_rows:
-            warnings.warn(
-                f"the decoder tokenizer has {len(tokenizer)} ids but the model's embedding "
-                f"table only {self._embedding_rows} rows; ids past the table embed as padding",
-                stacklevel=2,
-            )
-
         eos = _as_int(tokenizer.eos_token_id)
         if eos is None:
             eos = _as_int(getattr(config, "eos_token_id", None))
@@ -309,6 +338,16 @@ class HFCausalLM(Decoder):
         self.placeholder_token = placeholder_token
         self.placeholder_token_id = int(placeholder_ids[0])
         self.tokenizer_size = len(tokenizer)
+        # the placeholder may lie past the table (the published ChatNT's <DNA> is 32000 of
+        # a 32000-row table): its rows are overwritten or embedded on purpose
+        beyond = len(tokenizer) - self._embedding_rows
+        beyond -= 1 if self.placeholder_token_id >= self._embedding_rows else 0
+        if beyond > 0:
+            warnings.warn(
+                f"the decoder tokenizer has {len(tokenizer)} ids but the model's embedding "
+                f"table only {self._embedding_rows} rows; ids past the table embed as padding",
+                stacklevel=2,
+            )
 
         if max_context is None:
             max_context = _as_int(getattr(config, "max_position_embeddings", None))
@@ -336,7 +375,11 @@ class HFCausalLM(Decoder):
             gguf_file=params.gguf_file if same_place else None,
         )
         model = load_model(params, tokenizer_size=len(tokenizer))
-        return cls(model, tokenizer, params.placeholder_token, params.max_context)
+        apply_norm_eps(model, params.norm_eps)
+        decoder = cls(model, tokenizer, params.placeholder_token, params.max_context)
+        if params.placeholder_embedding == "clamp":
+            decoder._fallback_id = -1  # the table's last row
+        return decoder
 
     # -- text <-> ids -------------------------------------------------------------------
 
@@ -365,8 +408,10 @@ class HFCausalLM(Decoder):
     # -- tensors ------------------------------------------------------------------------
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, D); ids past the table (the placeholder) embed as padding."""
-        safe_ids = input_ids.masked_fill(input_ids >= self._embedding_rows, self._fallback_id)
+        """(B, T) ids -> (B, T, D); ids past the table (the placeholder) embed as padding,
+        or as the table's last row with ``placeholder_embedding: clamp``."""
+        fallback = self._fallback_id % self._embedding_rows
+        safe_ids = input_ids.masked_fill(input_ids >= self._embedding_rows, fallback)
         embeddings: torch.Tensor = self.model.get_input_embeddings()(safe_ids)
         return embeddings
 

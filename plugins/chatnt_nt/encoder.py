@@ -43,7 +43,8 @@ from chatnt_nt.model import PRESETS, AttentionImpl, NTv2Model
 from chatnt_nt.tokenizer import CLS_ID, PAD_ID, NTTokenizer
 
 NAME = "nucleotide-transformer-v2"
-RANDOM_INIT_EPS = 1e-5  # the JAX models' value; the HF configs say 1e-12
+JAX_EPS = 1e-5  # the LayerNorm epsilon the JAX models were trained with
+RANDOM_INIT_EPS = JAX_EPS  # the HF configs say 1e-12
 
 Preset = Literal["tiny", "50m", "100m", "250m", "500m"]
 
@@ -69,8 +70,9 @@ class NucleotideTransformerParams(BaseModel):
     layer_norm_eps: float | None = Field(
         default=None,
         gt=0,
-        description="LayerNorm epsilon override (the HF configs say 1e-12, the JAX weights "
-        f"used 1e-5); random_init defaults to {RANDOM_INIT_EPS}",
+        description=f"LayerNorm epsilon; default {JAX_EPS}, what the published weights were "
+        "trained with in JAX (their Hugging Face config.json files say 1e-12, which is not "
+        "used unless given here)",
     )
     max_tokens: int = Field(
         default=2048, ge=2, description="tokens per forward window, <cls> included"
@@ -156,7 +158,8 @@ class NucleotideTransformerEncoder(Encoder):
                 model.init_weights()
             return cls(model, params)
         directory = checkpoint.resolve_directory(source, params.revision, params.local_files_only)
-        config = checkpoint.read_config(directory, params.layer_norm_eps)
+        # the published configs' 1e-12 is not what the weights were trained with (1e-5)
+        config = checkpoint.read_config(directory, params.layer_norm_eps or JAX_EPS)
         if params.preset is not None and params.preset != "tiny":
             expected = PRESETS[params.preset]
             sizes = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
