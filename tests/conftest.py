@@ -53,3 +53,11 @@ def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> InstallPl
     yield install  # type: ignore[misc]
     for module in modules:
         sys.modules.pop(module, None)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint trained, calibrated and evaluated once per session (web tests)."""
+    from web_helpers import make_trained_checkpoint
+
+    return make_trained_checkpoint(tmp_path_factory.mktemp("served"))

@@ -47,6 +47,13 @@ Tags = dict[str, Tagged]
 # ---- rendering ---------------------------------------------------------------------------
 
 
+def shown(text: str) -> str:
+    """``text`` with each character a page cannot show (NUL and other control characters,
+    which an undertrained model does emit) replaced by U+FFFD, so the page shows the same
+    text in every browser; line breaks and tabs stay."""
+    return "".join(c if c.isprintable() or c in "\n\t" else "\ufffd" for c in text)
+
+
 def error_html(exc: Exception) -> str:
     return f'<div class="chatnt-error">⚠ {html.escape(str(exc))}</div>'
 
@@ -58,7 +65,7 @@ def note_html(text: str) -> str:
 def table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], table_id: str) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>"
+        "<tr>" + "".join(f"<td>{html.escape(shown(str(cell)))}</td>" for cell in row) + "</tr>"
         for row in rows
     )
     return (
@@ -99,7 +106,7 @@ def answer_message(answer: Answer) -> str:
     probability = probability_text(answer)
     if probability:
         details.append(probability)
-    return f"{answer.text}\n\n[{' · '.join(details)}]"
+    return f"{shown(answer.text)}\n\n[{' · '.join(details)}]"
 
 
 def answer_html(answer: Answer) -> str:
@@ -111,7 +118,7 @@ def answer_html(answer: Answer) -> str:
         ("probability", probability_text(answer) or ""),
     ]
     rows = "".join(
-        f'<tr><th>{name}</th><td data-field="{name}">{html.escape(value)}</td></tr>'
+        f'<tr><th>{name}</th><td data-field="{name}">{html.escape(shown(value))}</td></tr>'
         for name, value in fields
     )
     return f'<div class="chatnt-table"><table id="answer-table">{rows}</table></div>'

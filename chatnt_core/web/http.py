@@ -61,6 +61,7 @@ def _one_line(exc: RequestValidationError) -> str:
 
 def add_api(app: FastAPI, service: WebService, auth: tuple[str, str] | None = None) -> None:
     """Mount the ``/api/`` routes (and their error handlers) on ``app``."""
+
     def check_auth(
         credentials: Annotated[HTTPBasicCredentials | None, Depends(BASIC)],
     ) -> None:

@@ -78,6 +78,12 @@ class WebService:
 
     def __init__(self, chatnt: ChatNT, limits: Limits | None = None) -> None:
         self.chatnt = chatnt
+        # No encoder outputs kept between requests: a sequence encoded alone and one encoded
+        # in a padded batch differ in the last bits, so with a shared cache an answer would
+        # depend on what other users asked before. Each conversation still encodes each of
+        # its sequences once (its own cache), and every answer is the one ``ChatNT.ask`` or
+        # ``chatnt batch`` gives in a fresh process.
+        chatnt.model.encoding_caches.clear()
         self.limits = limits or Limits()
         self.gate = ModelGate(self.limits)
         # batch results and example files; removed by the server when it stops
