@@ -255,3 +255,30 @@ def test_chatnt_imports_and_help_need_no_gradio() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "--max-sequence-length" in result.stdout and "127.0.0.1" in result.stdout
+
+
+def docs_curl_calls() -> list[list[str]]:
+    """Every ``curl`` command of docs/web.md, split as a shell would."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "web.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    return [shlex.split(line) for b in blocks for line in b.splitlines() if line.startswith("curl")]
+
+
+def test_every_route_has_a_curl_example_in_the_docs_and_each_runs(base: str) -> None:
+    calls = docs_curl_calls()
+    paths = {next(a for a in call if a.startswith("http://127.0.0.1:7860/")) for call in calls}
+    routes = {"ask", "batch", "model", "limits", "health"}
+    assert {p.removeprefix("http://127.0.0.1:7860/api/") for p in paths} == routes
+    for call in calls:
+        url = next(a for a in call if a.startswith("http://127.0.0.1:7860/"))
+        url = url.replace("http://127.0.0.1:7860", base)
+        data = call[call.index("-d") + 1] if "-d" in call else None
+        if data is None:
+            response = httpx.get(url, timeout=60)
+        else:
+            headers = {"content-type": "application/json"}
+            response = httpx.post(url, content=data, headers=headers, timeout=60)
+        assert response.status_code == 200, (call, response.text)

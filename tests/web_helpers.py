@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from training_helpers import one_thread
+from training_helpers import one_thread, train_demo_one_step
 
 from chatnt_core.cli import main
 
@@ -31,25 +31,12 @@ def run_cli(argv: list[str]) -> None:
 def make_trained_checkpoint(root: Path) -> Path:
     """Train tiny-random one step on the demo tasks, calibrate and evaluate it (~15 s)."""
     from chatnt_core.data.demo import write_demo
-    from chatnt_core.training.config import TrainConfig
-    from chatnt_core.training.trainer import Trainer
 
     demo = root / "demo"
     write_demo(demo, train_size=6, test_size=6, seed=0)
-    config = {
-        "model": "tiny-random",
-        "data": [str(demo)],
-        "output_dir": str(root / "run"),
-        "samples_per_update": 4,
-        "micro_batch_size": 4,
-        "max_steps": 1,
-        "save_every": 1,
-        "progress": False,
-        "tensorboard": False,
-    }
     with one_thread(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        checkpoint: Path = Trainer(TrainConfig.model_validate(config)).train().checkpoint
+        checkpoint = train_demo_one_step(demo, root / "run")
         run_cli(["calibrate", str(checkpoint), "--data", str(demo)])
         run_cli(["evaluate", str(checkpoint), "--data", str(demo), "--max-new-tokens", "2"])
     return checkpoint
