@@ -83,6 +83,27 @@ def test_ask_answers_as_chatnt_ask(base: str, bot: ChatNT) -> None:
     )
 
 
+def test_chat_continues_a_conversation_as_chatnt_chat_does(base: str, bot: ChatNT) -> None:
+    sequences = {"p.fna": SEQS[0], "q.fna": SEQS[1]}
+    first, second = CTCF, "And what is the GC content of @q.fna and @p.fna?"
+    conversation = bot.chat(max_new_tokens=TOKENS)
+    expected = [conversation.ask(first, {"p.fna": SEQS[0]}), conversation.ask(second, sequences)]
+    one = post(base, "/api/chat", {"question": first, "sequences": {"p.fna": SEQS[0]}}).json()
+    body = {"history": one["history"], "question": second, "sequences": sequences}
+    two = post(base, "/api/chat", body).json()
+    for got, want in zip((one, two), expected):
+        assert {k: v for k, v in got.items() if k != "history"} == want.to_dict()
+    assert two["history"] == [
+        {"user": first, "assistant": expected[0].text},
+        {"user": second, "assistant": expected[1].text},
+    ]
+    forgot = post(base, "/api/chat", {**body, "sequences": {"q.fna": SEQS[1]}})
+    assert forgot.status_code == 400
+    assert "@p.fna of an earlier turn has no sequence" in forgot.json()["error"]
+    extra = post(base, "/api/chat", {**body, "sequences": {**sequences, "z.fna": "AC"}})
+    assert "sequence 'z.fna' is not referenced" in extra.json()["error"]
+
+
 def test_batch_rows_are_those_of_chatnt_batch(
     base: str, trained_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -270,7 +291,7 @@ def docs_curl_calls() -> list[list[str]]:
 def test_every_route_has_a_curl_example_in_the_docs_and_each_runs(base: str) -> None:
     calls = docs_curl_calls()
     paths = {next(a for a in call if a.startswith("http://127.0.0.1:7860/")) for call in calls}
-    routes = {"ask", "batch", "model", "limits", "health"}
+    routes = {"ask", "chat", "batch", "model", "limits", "health"}
     assert {p.removeprefix("http://127.0.0.1:7860/api/") for p in paths} == routes
     for call in calls:
         url = next(a for a in call if a.startswith("http://127.0.0.1:7860/"))

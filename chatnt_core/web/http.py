@@ -44,6 +44,21 @@ class AskRequest(_Strict):
     max_new_tokens: int | None = Field(None, description="at most the server's limit")
 
 
+class ChatTurn(_Strict):
+    user: str
+    assistant: str
+
+
+class ChatRequest(_Strict):
+    history: list[ChatTurn] = Field(default_factory=list, description="the turns so far")
+    question: str = Field(description="the next message, naming sequences as @tags")
+    sequences: dict[str, str] = Field(
+        default_factory=dict, description="tag -> sequence, for every tag of the conversation"
+    )
+    modality: str | None = Field(None, description="for tags with no suffix: dna, rna, protein")
+    task: str | None = Field(None, description="task card name (default: matched)")
+
+
 class BatchRequest(_Strict):
     question: str = Field(description="one question; @seq stands for each record")
     fasta: str = Field(description="FASTA text")
@@ -124,6 +139,16 @@ def add_api(app: FastAPI, service: WebService, auth: tuple[str, str] | None = No
             body.question, sequences, task=body.task, max_new_tokens=body.max_new_tokens
         )
         return answer.to_dict()
+
+    @app.post("/api/chat", dependencies=guarded)
+    def chat(body: ChatRequest) -> dict[str, Any]:
+        """The next turn of a conversation the client keeps: the answer, and the history
+        to send with the turn after."""
+        sequences = service.bind(body.sequences, parse_modality(body.modality))
+        history = [(turn.user, turn.assistant) for turn in body.history]
+        answer = service.continue_chat(history, body.question, sequences, task=body.task)
+        turns = [*body.history, ChatTurn(user=body.question, assistant=answer.text)]
+        return {**answer.to_dict(), "history": [turn.model_dump() for turn in turns]}
 
     @app.post("/api/batch", dependencies=guarded, response_model=None)
     def batch(body: BatchRequest) -> dict[str, Any] | PlainTextResponse:

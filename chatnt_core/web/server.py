@@ -58,7 +58,8 @@ def create_app(service: WebService, auth: tuple[str, str] | None = None) -> Fast
         blocks,
         path="",
         auth=auth,
-        max_file_size=service.limits.max_upload_bytes,
+        # a hard stop far above the limit; below it the service's check says what to do
+        max_file_size=2 * service.limits.max_upload_bytes + 1_000_000,
         allowed_paths=[str(service.workdir)],
         footer_links=[],
         css=CSS,

@@ -23,7 +23,7 @@ from chatnt_core.batch import COLUMNS, check_question, read_tsv_rows, run_batch,
 from chatnt_core.errors import ChatNTError, PromptError
 from chatnt_core.fasta import FastaError, FastaRecord, parse_fasta, read_fasta, tag_name
 from chatnt_core.modality import Modality, modality_for_name, modality_from_path
-from chatnt_core.prompt import SequenceInput, find_tags
+from chatnt_core.prompt import SequenceInput, Turn, find_tags
 from chatnt_core.web.limits import LimitError, Limits, ModelGate
 
 if TYPE_CHECKING:
@@ -203,6 +203,37 @@ class WebService:
         new = {t: tags[t].sequence for t in used if t not in conversation.sequences}
         with self.gate.hold():
             return conversation.ask(message, new)
+
+    def continue_chat(
+        self,
+        history: Sequence[tuple[str, str]],
+        question: str,
+        sequences: Mapping[str, SequenceInput],
+        *,
+        task: str | None = None,
+    ) -> Answer:
+        """The next answer of a conversation whose turns so far the client sends back (the
+        API keeps no sessions); ``sequences`` binds every tag of the history and question,
+        and each is encoded once for this answer."""
+        self.check_question(question)
+        earlier = {t for user, _ in history for t in find_tags(user)}
+        unused = [t for t in sequences if t not in earlier and t not in find_tags(question)]
+        if unused:
+            raise PromptError(
+                f"sequence '{unused[0]}' is not referenced in the conversation: add "
+                f"@{unused[0]} or drop the sequence"
+            )
+        missing = sorted(t for t in earlier if t not in sequences)
+        if missing:
+            raise PromptError(
+                f"@{missing[0]} of an earlier turn has no sequence: send it in 'sequences'"
+            )
+        conversation = self.conversation()
+        conversation.session.turns = [Turn(user, answer) for user, answer in history]
+        conversation.session.sequences = {t: sequences[t] for t in earlier}
+        new = {t: s for t, s in sequences.items() if t not in earlier}
+        with self.gate.hold():
+            return conversation.ask(question, new, task=task)
 
     def batch_records(
         self, fasta: str | Path, name: str, modality: Modality | None
