@@ -82,7 +82,7 @@ def modality_for_name(
     if odd is not None:
         raise ChatNTError(
             f"cannot tell the modality of @{name}: '{odd}' is not a known suffix (DNA: .fna "
-            ".fa .fasta .dna; RNA: .frn .rna; protein: .faa .prot); rename it or {fix}"
+            f".fa .fasta .dna; RNA: .frn .rna; protein: .faa .prot); rename it or {fix}"
         )
     return fallback
 
