@@ -15,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from training_helpers import one_thread
 from web_helpers import run_cli, server_thread
 
 from chatnt_core.api import ChatNT
@@ -36,21 +35,13 @@ LIMITS = Limits(
 CTCF = "Is there a CTCF binding site in @p.fna?"
 SEQS = ["ACGTTGCAAC" * 4, "GGGCCCTTTA" * 6, "CCGCGCATAT" * 3, "TTAGGCAATG" * 5, "ACGGT" * 9]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+# tiny models run faster on one thread, and the answers compared come from one thread too
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def bot(trained_checkpoint: Path) -> ChatNT:
-    return ChatNT.from_pretrained(trained_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def service(bot: ChatNT) -> WebService:
-    return WebService(bot, LIMITS)
+def service(trained_bot: ChatNT) -> WebService:
+    return WebService(trained_bot, LIMITS)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def post(base: str, path: str, body: Any, **kwargs: Any) -> httpx.Response:
     return httpx.post(f"{base}{path}", json=body, timeout=120, **kwargs)
 
 
-def test_ask_answers_as_chatnt_ask(base: str, bot: ChatNT) -> None:
+def test_ask_answers_as_chatnt_ask(base: str, trained_bot: ChatNT) -> None:
     cases = [
         (CTCF, {"p.fna": SEQS[0]}),  # a calibrated yes/no task
         ("What is the GC content of @p.fna?", {"p.fna": SEQS[1]}),  # a number
@@ -72,21 +63,21 @@ def test_ask_answers_as_chatnt_ask(base: str, bot: ChatNT) -> None:
     for question, sequences in cases:
         response = post(base, "/api/ask", {"question": question, "sequences": sequences})
         assert response.status_code == 200, response.text
-        expected = bot.ask(question, sequences, max_new_tokens=TOKENS).to_dict()
+        expected = trained_bot.ask(question, sequences, max_new_tokens=TOKENS).to_dict()
         assert response.json() == expected
     first = post(base, "/api/ask", {"question": CTCF, "sequences": {"p.fna": SEQS[0]}}).json()
     assert first["task"] == "demo-ctcf-site" and first["calibrated"] is True
     assert 0.0 < first["probability"] < 1.0
     shorter = {"question": CTCF, "sequences": {"p.fna": SEQS[0]}, "max_new_tokens": 3}
     assert post(base, "/api/ask", shorter).json() == (
-        bot.ask(CTCF, {"p.fna": SEQS[0]}, max_new_tokens=3).to_dict()
+        trained_bot.ask(CTCF, {"p.fna": SEQS[0]}, max_new_tokens=3).to_dict()
     )
 
 
-def test_chat_continues_a_conversation_as_chatnt_chat_does(base: str, bot: ChatNT) -> None:
+def test_chat_continues_a_conversation_as_chatnt_chat_does(base: str, trained_bot: ChatNT) -> None:
     sequences = {"p.fna": SEQS[0], "q.fna": SEQS[1]}
     first, second = CTCF, "And what is the GC content of @q.fna and @p.fna?"
-    conversation = bot.chat(max_new_tokens=TOKENS)
+    conversation = trained_bot.chat(max_new_tokens=TOKENS)
     expected = [conversation.ask(first, {"p.fna": SEQS[0]}), conversation.ask(second, sequences)]
     one = post(base, "/api/chat", {"question": first, "sequences": {"p.fna": SEQS[0]}}).json()
     body = {"history": one["history"], "question": second, "sequences": sequences}
@@ -174,9 +165,9 @@ def test_a_request_body_over_the_upload_limit_is_refused_before_it_is_read(base:
 
 
 def test_fifty_concurrent_requests_are_all_answered(
-    base: str, bot: ChatNT, service: WebService
+    base: str, trained_bot: ChatNT, service: WebService
 ) -> None:
-    expected = [bot.ask(CTCF, {"p.fna": s}, max_new_tokens=TOKENS).to_dict() for s in SEQS]
+    expected = [trained_bot.ask(CTCF, {"p.fna": s}, max_new_tokens=TOKENS).to_dict() for s in SEQS]
 
     def one(i: int) -> tuple[int, int, Any]:
         body = {"question": CTCF, "sequences": {"p.fna": SEQS[i % len(SEQS)]}}
@@ -194,8 +185,8 @@ def test_fifty_concurrent_requests_are_all_answered(
     print(f"50 concurrent /api/ask requests: all answered in {seconds:.1f} s")
 
 
-def test_a_busy_server_refuses_with_503_and_keeps_serving(bot: ChatNT) -> None:
-    busy = WebService(bot, Limits(max_queue=1, timeout=1.0, max_new_tokens=TOKENS))
+def test_a_busy_server_refuses_with_503_and_keeps_serving(trained_bot: ChatNT) -> None:
+    busy = WebService(trained_bot, Limits(max_queue=1, timeout=1.0, max_new_tokens=TOKENS))
     body = {"question": CTCF, "sequences": {"p.fna": SEQS[0]}}
     with server_thread(create_app(busy)) as url:
         with busy.gate.hold():  # the model is taken (as by a long batch)
@@ -213,12 +204,12 @@ def test_a_busy_server_refuses_with_503_and_keeps_serving(bot: ChatNT) -> None:
 
 
 def test_a_batch_past_the_timeout_stops_with_504(
-    bot: ChatNT, monkeypatch: pytest.MonkeyPatch
+    trained_bot: ChatNT, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import chatnt_core.web.service as service_module
 
     monkeypatch.setattr(service_module, "BATCH_SIZE", 1)
-    slow = WebService(bot, Limits(timeout=0.001, max_new_tokens=TOKENS))
+    slow = WebService(trained_bot, Limits(timeout=0.001, max_new_tokens=TOKENS))
     fasta = ">a\nACGT\n>b\nGGCC\n>c\nTTAA\n"
     with server_thread(create_app(slow)) as url:
         response = post(url, "/api/batch", {"question": "Is @seq bound?", "fasta": fasta})

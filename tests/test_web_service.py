@@ -4,11 +4,9 @@ tags, a conversation that encodes each sequence once, the examples, the Model ta
 from __future__ import annotations
 
 import gzip
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from training_helpers import one_thread
 
 from chatnt_core.api import ChatNT
 from chatnt_core.errors import ChatNTError
@@ -23,22 +21,14 @@ from chatnt_core.web.service import WebService
 TOKENS = 8
 SEQ = "ACGTTGCAAC" * 4
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    with one_thread():
-        yield
+# tiny models run faster on one thread, and the answers compared come from one thread too
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
-def bot(trained_checkpoint: Path) -> ChatNT:
-    return ChatNT.from_pretrained(trained_checkpoint)
-
-
-@pytest.fixture(scope="module")
-def service(bot: ChatNT) -> WebService:
+def service(trained_bot: ChatNT) -> WebService:
     limits = Limits(max_sequence_length=100, max_upload_bytes=400, max_new_tokens=TOKENS)
-    return WebService(bot, limits)
+    return WebService(trained_bot, limits)
 
 
 def test_uploads_become_tags_named_by_record_id(service: WebService, tmp_path: Path) -> None:
@@ -94,7 +84,7 @@ def test_pasted_sequences_and_clashing_tags(service: WebService, tmp_path: Path)
 
 
 def test_a_conversation_encodes_each_sequence_once_and_answers_as_chatnt_chat(
-    service: WebService, bot: ChatNT
+    service: WebService, trained_bot: ChatNT
 ) -> None:
     tagged = {t.tag: t for t in service.pasted(f">p.fna\n{SEQ}\n", "", None)}
     first = "Is there a CTCF binding site in @p.fna?"
@@ -102,7 +92,7 @@ def test_a_conversation_encodes_each_sequence_once_and_answers_as_chatnt_chat(
     conversation = service.conversation()
     answers = [service.chat_turn(conversation, q, tagged) for q in (first, second)]
     assert conversation.session.cache_size == 1  # @p.fna encoded once for both turns
-    reference = bot.chat(max_new_tokens=TOKENS)
+    reference = trained_bot.chat(max_new_tokens=TOKENS)
     expected = [reference.ask(first, {"p.fna": SEQ}), reference.ask(second)]
     assert answers == expected
     with pytest.raises(ChatNTError, match="@q has no sequence: upload a FASTA with a record 'q'"):
@@ -112,19 +102,19 @@ def test_a_conversation_encodes_each_sequence_once_and_answers_as_chatnt_chat(
     assert history == [] and kept == "Is @q bound?" and "@q has no sequence" in status
 
 
-def test_examples_are_questions_the_demo_cards_recognise(bot: ChatNT) -> None:
+def test_examples_are_questions_the_demo_cards_recognise(trained_bot: ChatNT) -> None:
     sequences = {e.tag: e for e in example_sequences()}
     assert "CTCF" in sequences["ctcf.fna"].note and "CTCF" not in sequences["no_ctcf.fna"].note
     for question in example_questions():
-        match = bot.find_task(question)
+        match = trained_bot.find_task(question)
         assert match.how == "exact" and match.card is not None
         assert match.card.name.startswith("demo-")
         tags = find_tags(question)
         assert tags and all(tag in sequences for tag in tags)
 
 
-def test_model_info_reads_the_checkpoint_and_its_evaluation(bot: ChatNT) -> None:
-    info = model_info(bot)
+def test_model_info_reads_the_checkpoint_and_its_evaluation(trained_bot: ChatNT) -> None:
+    info = model_info(trained_bot)
     roles = [c["role"] for c in info["assembly"]["components"]]
     assert roles[0] == "encoder (dna)" and roles[-1] == "decoder"
     assert info["training"]["tasks"] and info["training"]["data"][0].endswith("demo")
