@@ -249,7 +249,8 @@ def build_blocks(service: WebService) -> gr.Blocks:
     """The three tabs; queued so one request at a time reaches the model."""
     handlers = Handlers(service)
     model = {"concurrency_id": "model", "concurrency_limit": 1}
-    with gr.Blocks(title="chatnt", analytics_enabled=False) as blocks:
+    # uploads and results in Gradio's cache are removed a day after they were made
+    with gr.Blocks(title="chatnt", analytics_enabled=False, delete_cache=(3600, 86400)) as blocks:
         gr.Markdown(
             "# chatnt\nAsk English questions about DNA, RNA and protein sequences. Name a "
             "sequence in a question as `@tag`."

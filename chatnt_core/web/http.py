@@ -14,6 +14,7 @@ long, 504 when a batch ran past the timeout. Nothing a client sends is opened as
 from __future__ import annotations
 
 import secrets
+import shutil
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -156,8 +157,9 @@ def add_api(app: FastAPI, service: WebService, auth: tuple[str, str] | None = No
         records, modality = service.batch_records_from_text(
             body.fasta, parse_modality(body.modality)
         )
-        result = service.batch(records, body.question, modality)
+        result = service.batch(records, body.question, modality, workdir=service.workdir)
+        text = result.tsv.read_text(encoding="utf-8")
+        shutil.rmtree(result.tsv.parent, ignore_errors=True)  # all of it is in the reply
         if body.format == "tsv":
-            text = result.tsv.read_text(encoding="utf-8")
             return PlainTextResponse(text, media_type="text/tab-separated-values")
         return {"columns": result.header, "rows": result.rows}

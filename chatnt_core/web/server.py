@@ -60,7 +60,6 @@ def create_app(service: WebService, auth: tuple[str, str] | None = None) -> Fast
         auth=auth,
         # a hard stop far above the limit; below it the service's check says what to do
         max_file_size=2 * service.limits.max_upload_bytes + 1_000_000,
-        allowed_paths=[str(service.workdir)],
         footer_links=[],
         css=CSS,
     )
