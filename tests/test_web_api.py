@@ -235,6 +235,11 @@ def test_model_endpoint_and_password(base: str, service: WebService) -> None:
         assert denied.status_code == 401 and "curl -u NAME:PASSWORD" in denied.json()["error"]
         assert post(url, "/api/ask", body).status_code == 401
         assert post(url, "/api/ask", body, auth=("bio", "s3cret")).status_code == 200
+        # the page: its config (and so every event) only after the login form
+        assert httpx.get(f"{url}/config").status_code == 401
+        with httpx.Client(base_url=url) as browser:
+            login = browser.post("/login", data={"username": "bio", "password": "s3cret"})
+            assert login.status_code == 200 and browser.get("/config").status_code == 200
 
 
 def test_serve_without_gradio_says_how_to_install_it(
