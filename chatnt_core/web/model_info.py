@@ -143,6 +143,7 @@ def markdown(info: dict[str, Any]) -> str:
     evaluation = info.get("evaluation") or {}
     if evaluation.get("markdown"):
         body = evaluation["markdown"].split("\n", 1)[-1]  # its own title dropped
+        body = body.replace("\n## ", "\n#### ")  # its sections under this heading
         lines += ["### Evaluation (`chatnt evaluate`)", body]
     else:
         lines.append("No evaluation yet: run `chatnt evaluate CHECKPOINT --data DIR` to add one.")
