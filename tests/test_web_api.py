@@ -258,6 +258,34 @@ def test_serve_without_gradio_says_how_to_install_it(
     assert err == 'error: the web app needs gradio: pip install "chatnt[web]"\n'
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--port", "TAKEN"], "cannot listen on 127.0.0.1:TAKEN (Address already in use)"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be positive, not 0"),
+        (["--username", "lab"], "--username needs a password: set it in the CHATNT_PASSWORD"),
+    ],
+)
+def test_serve_refuses_bad_settings_in_one_line_before_loading(
+    options: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import socket
+
+    monkeypatch.delenv("CHATNT_PASSWORD", raising=False)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        with pytest.raises(SystemExit) as exit_info:
+            main(["serve", "no-such-checkpoint", *[o.replace("TAKEN", port) for o in options]])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1
+    assert message.replace("TAKEN", port) in err
+
+
 def test_chatnt_imports_and_help_need_no_gradio() -> None:
     code = (
         "import sys\n"

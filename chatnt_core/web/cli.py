@@ -55,7 +55,7 @@ def serve_command(
     """Serve the chat, batch and model pages and the JSON API (one model, one request at
     a time). Binds to 127.0.0.1 unless --host says otherwise."""
     from chatnt_core.web.limits import Limits
-    from chatnt_core.web.server import require_gradio
+    from chatnt_core.web.server import check_port, require_gradio
 
     require_gradio()  # before the model loads: a missing extra is the cheapest error
     limits = Limits(
@@ -68,6 +68,7 @@ def serve_command(
         max_new_tokens=max_new_tokens,
     )
     auth = _auth(username)
+    check_port(host, port)
 
     from chatnt_core.api import ChatNT
     from chatnt_core.web.server import serve

@@ -49,7 +49,8 @@ class Limits:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             if value <= 0:
-                raise ChatNTError(f"--{name.replace('_', '-')} must be positive, not {value}")
+                option = "max-upload-mb" if name == "max_upload_bytes" else name.replace("_", "-")
+                raise ChatNTError(f"--{option} must be positive, not {value}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import socket
 from typing import TYPE_CHECKING
 
 from chatnt_core.errors import ChatNTError
@@ -63,6 +64,20 @@ def create_app(service: WebService, auth: tuple[str, str] | None = None) -> Fast
         footer_links=[],
         css=CSS,
     )
+
+
+def check_port(host: str, port: int) -> None:
+    """A port another program holds is a one-line error before the page is built."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ChatNTError(
+                f"cannot listen on {host}:{port} ({exc.strerror or exc}): pass another --port "
+                "(or --host)"
+            ) from None
 
 
 def serve(service: WebService, host: str, port: int, auth: tuple[str, str] | None) -> None:
