@@ -120,8 +120,13 @@ class WebService:
         return self._tag_records(records, name, default, fallback)
 
     def _tag_records(
-        self, records: Sequence[Any], source: str, default: Modality | None, fallback: Modality
+        self,
+        records: Sequence[FastaRecord],
+        source: str,
+        default: Modality | None,
+        fallback: Modality,
     ) -> list[Tagged]:
+        self.limits.check_records(source, len(records))  # a tag list a page can show
         found: dict[str, Tagged] = {}
         for record in records:
             tag = tag_name(record.id)
