@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from chatnt_core.batch import COLUMNS, check_question, read_tsv_rows, run_batch, write_parquet
+from chatnt_core.batch import check_question, read_tsv_rows, run_batch, write_parquet
 from chatnt_core.errors import ChatNTError, PromptError
 from chatnt_core.fasta import FastaError, FastaRecord, parse_fasta, read_fasta, tag_name
 from chatnt_core.modality import Modality, modality_for_name, modality_from_path
 from chatnt_core.prompt import SequenceInput, Turn, find_tags
-from chatnt_core.web.limits import LimitError, Limits, ModelGate
+from chatnt_core.web.limits import Limits, ModelGate
 
 if TYPE_CHECKING:
     from chatnt_core.api import Answer, ChatNT, Conversation
@@ -39,7 +39,7 @@ class Tagged:
     """A sequence the user can name in a question, and where it came from."""
 
     sequence: SequenceInput  # .name is the tag
-    source: str  # the uploaded file's name, or "pasted"
+    source: str  # the uploaded file's name, "pasted text" or "examples"
     record: str  # the FASTA record id (a tag may be a cleaned form of it)
 
     @property
@@ -328,6 +328,3 @@ class WebService:
 
             self._info = model_info(self.chatnt)
         return self._info
-
-
-__all__ = ["COLUMNS", "BatchResult", "LimitError", "Tagged", "WebService", "parse_modality"]
