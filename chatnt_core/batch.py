@@ -203,6 +203,37 @@ def read_tsv_lines(path: Path) -> dict[str, str]:
     return {_unescape_id(line.split("\t", 1)[0]): line + "\n" for line in lines[1:] if line}
 
 
+_UNESCAPES = {escaped[1]: char for char, escaped in _ESCAPES.items()}
+_NUMBER_COLUMNS = ("value", "probability")
+
+
+def _unescape(cell: str) -> str:
+    out: list[str] = []
+    chars = iter(cell)
+    for char in chars:
+        out.append(_UNESCAPES.get(next(chars, ""), "") if char == "\\" else char)
+    return "".join(out)
+
+
+def _typed(column: str, cell: str) -> Any:
+    """A TSV cell back as the value it was written from (``_escape`` reversed)."""
+    if column in _NUMBER_COLUMNS:
+        return float(cell) if cell else None
+    if column in ("calibrated", "parseable"):
+        return cell == "true"
+    text = _unescape(cell)
+    return text if text or column in ("id", "answer") else None
+
+
+def read_tsv_rows(path: Path) -> list[Row]:
+    """The rows of a finished batch table, typed as ``run_batch`` wrote them (e.g. to turn
+    a TSV into parquet or JSON without answering again)."""
+    return [
+        {c: _typed(c, cell) for c, cell in zip(COLUMNS, line.rstrip("\n").split("\t"))}
+        for line in read_tsv_lines(path).values()
+    ]
+
+
 class _TsvAppender:
     """Appends rows to one file, durable per call; repairs a torn tail first."""
 
@@ -263,6 +294,14 @@ class _ParquetParts:
 
     def close(self) -> None:
         pass
+
+
+def write_parquet(rows: Sequence[Row], path: Path) -> None:
+    """Rows as a parquet table with the batch schema (the columns ``chatnt batch`` writes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(list(rows), schema=_schema()), path)
 
 
 def _read_parquet(paths: Sequence[Path]) -> Any:

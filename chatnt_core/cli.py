@@ -27,6 +27,7 @@ from chatnt_core.evaluation.cli import calibrate_command, evaluate_command
 from chatnt_core.plugins import ComponentKind, get_registry
 from chatnt_core.presets import preset_names
 from chatnt_core.training.cli import train_command
+from chatnt_core.web.cli import serve_command
 
 app = typer.Typer(
     help="ChatNT: ask English questions about DNA, RNA and protein sequences.",
@@ -45,6 +46,7 @@ app.command("chat")(chat_command)
 app.command("batch")(batch_command)
 app.command("evaluate")(evaluate_command)
 app.command("calibrate")(calibrate_command)
+app.command("serve")(serve_command)
 
 
 def _console() -> Console:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from chatnt_core.errors import ChatNTError
-from chatnt_core.modality import Modality, modality_from_path, modality_from_tag, unknown_suffix
+from chatnt_core.modality import Modality, modality_for_name, modality_from_path
 
 if TYPE_CHECKING:
     from chatnt_core.api import Answer, Conversation
@@ -59,23 +59,6 @@ CHAT_HELP = """commands:
 anything else is a question; name sequences as @tags."""
 
 
-def _modality_for(
-    name: str, default: Modality | None, fallback: Modality = Modality.DNA
-) -> Modality:
-    """The tag's suffix, else ``--modality``, else ``fallback`` (the FASTA file's suffix or
-    DNA); a suffix that names no modality is an error rather than a silent DNA."""
-    found = modality_from_tag(name) or default
-    if found is not None:
-        return found
-    odd = unknown_suffix(name)
-    if odd is not None:
-        raise ChatNTError(
-            f"cannot tell the modality of @{name}: '{odd}' is not a known suffix (DNA: .fna "
-            ".fa .fasta .dna; RNA: .frn .rna; protein: .faa .prot); rename it or pass --modality"
-        )
-    return fallback
-
-
 def _is_file(path: Path) -> bool:
     try:
         return path.is_file()
@@ -95,7 +78,7 @@ def parse_seq_option(value: str, default: Modality | None) -> SequenceInput:
     path = Path(payload)
     is_file = _is_file(path)
     fallback = (modality_from_path(path) if is_file else None) or Modality.DNA
-    modality = _modality_for(name, default, fallback)
+    modality = modality_for_name(name, default, fallback)
     if is_file:
         records = read_fasta(path, modality)
         if len(records) > 1:
@@ -199,14 +182,14 @@ def _chat_sequences(
     origin: dict[str, str] = {}
     if fasta is not None:
         fallback = modality_from_path(fasta) or Modality.DNA
-        for record in read_fasta(fasta, lambda rid: _modality_for(rid, default, fallback)):
+        for record in read_fasta(fasta, lambda rid: modality_for_name(rid, default, fallback)):
             tag = tag_name(record.id)
             if tag in found:
                 raise ChatNTError(
                     f"{fasta}, line {record.line}: record '{record.id}' would be tagged "
                     f"@{tag}, like '{origin[tag]}'; rename one of them"
                 )
-            modality = _modality_for(record.id, default, fallback)
+            modality = modality_for_name(record.id, default, fallback)
             found[tag] = SequenceInput(tag, record.sequence, modality)
             origin[tag] = record.id
     for value in seq:

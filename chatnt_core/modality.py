@@ -13,6 +13,8 @@ import re
 from enum import Enum
 from pathlib import Path
 
+from chatnt_core.errors import ChatNTError
+
 
 class Modality(str, Enum):
     DNA = "dna"
@@ -62,6 +64,27 @@ def unknown_suffix(name: str) -> str | None:
         return None
     found = _FILE_SUFFIX.search(name)
     return found.group(0) if found else None
+
+
+def modality_for_name(
+    name: str,
+    default: Modality | None,
+    fallback: Modality = Modality.DNA,
+    fix: str = "pass --modality",
+) -> Modality:
+    """The modality of a tag or record id: its suffix, else ``default`` (the user's choice),
+    else ``fallback`` (e.g. the FASTA file's suffix, or DNA). A file-like suffix that names
+    no modality is an error rather than a silent DNA: the user meant something by it."""
+    found = modality_from_tag(name) or default
+    if found is not None:
+        return found
+    odd = unknown_suffix(name)
+    if odd is not None:
+        raise ChatNTError(
+            f"cannot tell the modality of @{name}: '{odd}' is not a known suffix (DNA: .fna "
+            f".fa .fasta .dna; RNA: .frn .rna; protein: .faa .prot); rename it or {fix}"
+        )
+    return fallback
 
 
 def modality_from_path(path: str | Path) -> Modality | None:

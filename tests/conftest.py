@@ -7,6 +7,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,3 +54,28 @@ def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> InstallPl
     yield install  # type: ignore[misc]
     for module in modules:
         sys.modules.pop(module, None)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny checkpoint trained, calibrated and evaluated once per session (web tests)."""
+    from web_helpers import make_trained_checkpoint
+
+    return make_trained_checkpoint(tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="session")
+def trained_bot(trained_checkpoint: Path) -> Any:
+    """``ChatNT`` on ``trained_checkpoint``, loaded once (the web tests' reference answers)."""
+    from chatnt_core.api import ChatNT
+
+    return ChatNT.from_pretrained(trained_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    from training_helpers import one_thread
+
+    with one_thread():
+        yield

@@ -257,3 +257,21 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(
     captured = capsys.readouterr()
     assert captured.err.startswith("answered 10/10 records, ") and "ETA" in captured.err
     assert "━" not in captured.err + captured.out  # no bar drawing in a redirected log
+
+
+def test_a_written_table_reads_back_as_the_rows_it_was_written_from(tmp_path: Path) -> None:
+    """``read_tsv_rows`` undoes ``tsv_line`` (escapes, empty cells, numbers, flags), and
+    ``write_parquet`` keeps the same rows: the web app serves both from one batch."""
+    from chatnt_core.batch import read_tsv_rows, write_parquet
+
+    rows = [
+        {"id": "a\\b", "answer": "x\ty\nz\\w\r", "task": None, "label": "l", "value": None,
+         "probability": 0.1234567891234567, "calibrated": True, "parseable": False},
+        {"id": "b", "answer": "", "task": "t", "label": None, "value": -3.5,
+         "probability": None, "calibrated": False, "parseable": True},
+    ]  # fmt: skip
+    path = tmp_path / "t.tsv"
+    path.write_text("\t".join(COLUMNS) + "\n" + "".join(tsv_line(r) for r in rows))
+    assert read_tsv_rows(path) == rows
+    write_parquet(rows, tmp_path / "t.parquet")
+    assert pq.read_table(tmp_path / "t.parquet").to_pylist() == rows

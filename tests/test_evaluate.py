@@ -342,21 +342,9 @@ def test_cli_evaluates_with_a_card_given_as_a_file(
 
 def test_cli_on_a_trained_checkpoint(tmp_path: Path, demo: Path) -> None:
     """The real path: train one step, calibrate and evaluate the checkpoint it wrote."""
-    from chatnt_core.training.config import TrainConfig
-    from chatnt_core.training.trainer import Trainer
+    from training_helpers import train_demo_one_step
 
-    config = {
-        "model": "tiny-random",
-        "data": [str(demo)],
-        "output_dir": str(tmp_path / "run"),
-        "samples_per_update": 4,
-        "micro_batch_size": 4,
-        "max_steps": 1,
-        "save_every": 1,
-        "progress": False,
-        "tensorboard": False,
-    }
-    checkpoint = Trainer(TrainConfig.model_validate(config)).train().checkpoint
+    checkpoint = train_demo_one_step(demo, tmp_path / "run")
     assert _run(["calibrate", str(tmp_path / "run"), "--data", str(demo)]) == 0
     assert (checkpoint / CALIBRATION_FILE).is_file()
     argv = ["evaluate", str(tmp_path / "run"), "--data", str(demo), "--max-new-tokens", "2"]

@@ -120,3 +120,23 @@ def train_config(data: Path, output_dir: Path, **overrides: Any) -> dict[str, An
     }
     config.update(overrides)
     return config
+
+
+def train_demo_one_step(demo: Path, output_dir: Path) -> Path:
+    """``tiny-random`` trained for one update on a demo dataset; returns its checkpoint."""
+    from chatnt_core.training.config import TrainConfig
+    from chatnt_core.training.trainer import Trainer
+
+    config = {
+        "model": "tiny-random",
+        "data": [str(demo)],
+        "output_dir": str(output_dir),
+        "samples_per_update": 4,
+        "micro_batch_size": 4,
+        "max_steps": 1,
+        "save_every": 1,
+        "progress": False,
+        "tensorboard": False,
+    }
+    checkpoint: Path = Trainer(TrainConfig.model_validate(config)).train().checkpoint
+    return checkpoint
