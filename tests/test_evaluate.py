@@ -146,7 +146,9 @@ def test_oracle_answers_score_perfectly(
             rows.append([len(said) - 1])
         return rows
 
-    def probabilities(_: Any, card: TaskCard, rows: Sequence[Any], *args: Any) -> np.ndarray:
+    def probabilities(
+        _: Any, card: TaskCard, rows: Sequence[Any], *args: Any, **kwargs: Any
+    ) -> np.ndarray:
         return np.array([0.9 if r["label"] == "ctcf_site" else 0.2 for r in rows])
 
     monkeypatch.setattr(model, "tokenize", Batch)
@@ -360,3 +362,54 @@ def test_progress_goes_to_logs_as_plain_lines(
                    max_new_tokens=1, progress=True)  # fmt: skip
     err = capsys.readouterr().err  # not a terminal here: lines, not a bar
     assert "scored 3/3 examples (demo-gc-content: answering), " in err and "ETA" in err
+
+
+def test_answers_decoded_by_scoring_are_the_generated_answers(
+    demo: Path, model: ChatNTModel, cards: dict[str, TaskCard], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records whose greedy answer the phrasing scores already hold (here: made so by
+    handing the scores of every other record that record's generated ids) come out of
+    scoring as text and are not decoded again; the answers are unchanged."""
+    import chatnt_core.calibration
+    from chatnt_core.evaluation import data as data_module
+
+    dataset = open_split(demo, "test")
+    rows, _ = task_rows(dataset, cards, ["demo-ctcf-site"], 6, seed=0, where="test")
+    records = read_records(dataset, rows["demo-ctcf-site"])
+    config = chatnt_core.generation.GenerationConfig(max_new_tokens=6)
+    plain = data_module.generate_answers(model, records, 4, 6)
+    sequence_of = [r["sequences"][0]["sequence"] for r in records]
+    ids_of = [
+        chatnt_core.generation.generate_ids(
+            model, model.tokenize([data_module.record_to_example(r, with_answers=False)]), config
+        )[0]
+        for r in records
+    ]
+    real_scoring = chatnt_core.calibration.class_probabilities
+
+    def scoring(model: Any, examples: Any, *args: Any, **kwargs: Any) -> Any:
+        probs, scores = real_scoring(model, examples, *args, **kwargs)
+        index = [sequence_of.index(next(iter(e.sequences.values())).sequence) for e in examples]
+        found = [ids_of[i] if i % 2 == 0 else None for i in index]
+        scores.greedy_answers = lambda stop_ids, max_new_tokens: found
+        return probs, scores
+
+    monkeypatch.setattr(chatnt_core.calibration, "class_probabilities", scoring)
+    decoded: dict[int, str] = {}
+    card = cards["demo-ctcf-site"]
+    positive_probabilities(model, card, records, 4, greedy_answers=decoded, max_new_tokens=6)
+    assert sorted(decoded) == list(range(0, len(records), 2))
+    assert all(decoded[i] == plain[i] for i in decoded)
+
+    generated: list[int] = []
+    real_generate = chatnt_core.generation.generate_ids
+    monkeypatch.setattr(
+        chatnt_core.generation,
+        "generate_ids",
+        lambda m, batch, config: (
+            generated.append(batch.input_ids.shape[0]) or real_generate(m, batch, config)
+        ),
+    )
+    answers = data_module.generate_answers(model, records, 4, 6, known=decoded)
+    assert answers == plain
+    assert sum(generated) == len(records) - len(decoded)  # only the others were decoded

@@ -149,13 +149,21 @@ def generate_answers(
     batch_size: int,
     max_new_tokens: int,
     advance: Advance = _nothing,
+    known: Mapping[int, str] | None = None,
 ) -> list[str]:
-    """Greedy answers to each record's last question (earlier turns kept as history)."""
+    """Greedy answers to each record's last question (earlier turns kept as history).
+
+    ``known``: record index -> its greedy answer, already decoded (by answer scoring,
+    ``positive_probabilities``); those records are not decoded again."""
     from chatnt_core.generation import GenerationConfig, generate_ids
 
     config = GenerationConfig(max_new_tokens=max_new_tokens)
-    answers = [""] * len(records)
-    for batch in length_batches(records, batch_size):
+    known = known or {}
+    answers = [known.get(i, "") for i in range(len(records))]
+    todo = [i for i in range(len(records)) if i not in known]
+    advance(len(records) - len(todo))
+    for chunk in length_batches([records[i] for i in todo], batch_size):
+        batch = [todo[j] for j in chunk]
         examples = [record_to_example(records[i], with_answers=False) for i in batch]
         tokenized = model.tokenize(examples).to(model.device)
         texts = model.answer_texts(tokenized, generate_ids(model, tokenized, config))
@@ -172,6 +180,8 @@ def positive_probabilities(
     batch_size: int,
     advance: Advance = _nothing,
     formulation: Formulation = "paper",
+    greedy_answers: dict[int, str] | None = None,
+    max_new_tokens: int = 0,
 ) -> np.ndarray:
     """(n,) perplexity-based P(positive) per record; NaN where the tags do not fit the card.
 
@@ -179,11 +189,15 @@ def positive_probabilities(
 
     The answer phrasings are rendered with each record's own tags, and records sharing
     tags are scored together (one set of candidates per batch). At most ``batch_size``
-    candidate rows go through the decoder at once: each holds a copy of its prompt's KV
-    cache, so this bounds memory like a generation batch of the same size.
+    candidate rows go through the decoder at once, which bounds memory like a generation
+    batch of the same size. ``greedy_answers`` receives, for the records whose greedy
+    answer (within ``max_new_tokens``) is one of the phrasings, that answer: scoring has
+    decoded it already (``CandidateScores.greedy_answers``).
     """
-    from chatnt_core.calibration import yes_probability
+    from chatnt_core.calibration import class_probabilities
+    from chatnt_core.generation import GenerationConfig, stop_token_ids
 
+    stops = stop_token_ids(model, GenerationConfig(max_new_tokens=max_new_tokens))
     positive, negative = binary_phrasings(card)
     probs = np.full(len(records), np.nan)
     groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
@@ -200,8 +214,16 @@ def positive_probabilities(
         group = [records[i] for i in members]
         for batch in length_batches(group, batch_size):
             examples = [record_to_example(group[j], with_answers=False) for j in batch]
-            p = yes_probability(model, examples, pos, neg, formulation, max_rows=batch_size)
-            probs[[members[j] for j in batch]] = p.detach().cpu().double().numpy()
+            p, scores = class_probabilities(
+                model, examples, pos, neg, formulation, max_rows=batch_size
+            )
+            probs[[members[j] for j in batch]] = p[:, 0].detach().cpu().double().numpy()
+            if greedy_answers is not None and max_new_tokens > 0:
+                found = scores.greedy_answers(stops, max_new_tokens)
+                texts = model.answer_texts(model.tokenize(examples), [ids or [] for ids in found])
+                for j, ids, text in zip(batch, found, texts):
+                    if ids is not None:
+                        greedy_answers[members[j]] = text.strip()
             advance(len(batch))
     return probs
 

@@ -5,11 +5,13 @@ Paper, Methods §1.4: up to 5,000 sampled test examples per task, batches of 32,
 ``metric``). Per task this module
 
 1. samples the rows (``data.task_rows``: seeded, so runs are comparable);
-2. generates greedy answers in length-sorted batches (``generation.generate_ids``);
-3. parses them with the card (``parsing.parse_answer``); unparseable answers count as
-   ``metrics`` says (wrong for classification, left out of Pearson but reported);
-4. for binary tasks, also computes the perplexity-based P(positive) (``calibration``),
-   which gives AUROC and, with a Platt calibrator, the before/after calibration figures.
+2. for binary tasks, computes the perplexity-based P(positive) (``calibration``), which
+   gives AUROC and, with a Platt calibrator, the before/after calibration figures; the
+   scoring also yields the greedy answer of every record that answers with one of the
+   scored phrasings (``scoring.CandidateScores.greedy_answers``);
+3. generates the other greedy answers in length-sorted batches (``generation``);
+4. parses them with the card (``parsing.parse_answer``); unparseable answers count as
+   ``metrics`` says (wrong for classification, left out of Pearson but reported).
 
 ``evaluate_model`` is the core (a model in, a report out); ``chatnt evaluate`` loads a
 checkpoint and calls it. ``score_task`` is pure (answers in, numbers out) so the scoring
@@ -320,9 +322,8 @@ def _run(
         for name, indices in rows.items():
             card = cards[name]
             records = read_records(dataset, indices)
-            tracker.describe(f"{name}: answering")
-            answers = generate_answers(model, records, batch_size, max_new_tokens, tracker.advance)
             probs, calibration, note = None, None, None
+            decoded: dict[int, str] = {}
             if card.kind == "binary":
                 tracker.describe(f"{name}: scoring answer phrasings")
                 calibration = calibrations.get(name)
@@ -333,8 +334,21 @@ def _run(
                     note = f"no calibrator: {failed[name]}"
                 # the raw P(positive) is computed the way the calibrator was fitted on
                 formulation = calibration.formulation if calibration is not None else "paper"
+                # scoring first: the greedy answers that are one of the phrasings come out
+                # of it decoded, and only the other records are generated
                 probs = positive_probabilities(
-                    model, card, records, batch_size, tracker.advance, formulation
+                    model,
+                    card,
+                    records,
+                    batch_size,
+                    tracker.advance,
+                    formulation,
+                    greedy_answers=decoded,
+                    max_new_tokens=max_new_tokens,
                 )
+            tracker.describe(f"{name}: answering")
+            answers = generate_answers(
+                model, records, batch_size, max_new_tokens, tracker.advance, known=decoded
+            )
             results[name] = score_task(card, indices, records, answers, probs, calibration, note)
     return results
