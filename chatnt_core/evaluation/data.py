@@ -24,6 +24,7 @@ from chatnt_core.progress import PeriodicLines
 
 if TYPE_CHECKING:
     from chatnt_core.calibration import Formulation
+    from chatnt_core.evaluation.shard import Shard
     from chatnt_core.model import ChatNTModel
 
 Advance = Callable[[int], None]
@@ -149,20 +150,28 @@ def generate_answers(
     batch_size: int,
     max_new_tokens: int,
     advance: Advance = _nothing,
+    shard: Shard | None = None,
 ) -> list[str]:
-    """Greedy answers to each record's last question (earlier turns kept as history)."""
+    """Greedy answers to each record's last question (earlier turns kept as history).
+
+    With a ``shard``, this process answers its own batches and the others' answers are
+    gathered (``evaluation/shard.py``); every process returns all answers."""
     from chatnt_core.generation import GenerationConfig, generate_ids
 
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     answers = [""] * len(records)
-    for batch in length_batches(records, batch_size):
+    mine: list[int] = []
+    for index, batch in enumerate(length_batches(records, batch_size)):
+        if shard is not None and not shard.owns(index):
+            continue
+        mine.extend(batch)
         examples = [record_to_example(records[i], with_answers=False) for i in batch]
         tokenized = model.tokenize(examples).to(model.device)
         texts = model.answer_texts(tokenized, generate_ids(model, tokenized, config))
         for i, text in zip(batch, texts):
             answers[i] = text.strip()
         advance(len(batch))
-    return answers
+    return answers if shard is None else shard.combine(answers, mine, advance)
 
 
 def positive_probabilities(
@@ -172,6 +181,7 @@ def positive_probabilities(
     batch_size: int,
     advance: Advance = _nothing,
     formulation: Formulation = "paper",
+    shard: Shard | None = None,
 ) -> np.ndarray:
     """(n,) perplexity-based P(positive) per record; NaN where the tags do not fit the card.
 
@@ -180,7 +190,8 @@ def positive_probabilities(
     The answer phrasings are rendered with each record's own tags, and records sharing
     tags are scored together (one set of candidates per batch). At most ``batch_size``
     candidate rows go through the decoder at once: each holds a copy of its prompt's KV
-    cache, so this bounds memory like a generation batch of the same size.
+    cache, so this bounds memory like a generation batch of the same size. With a
+    ``shard``, batches are dealt out as in ``generate_answers``.
     """
     from chatnt_core.calibration import yes_probability
 
@@ -193,17 +204,25 @@ def positive_probabilities(
             advance(1)
             continue
         groups.setdefault(tuple(sorted(tags.items())), []).append(i)
+    mine: list[int] = []
+    index = -1  # batches are counted over all groups, in the same order on every process
     for key, members in groups.items():
         tags = dict(key)
         pos = [fill(a, tags) for a in positive]
         neg = [fill(a, tags) for a in negative]
         group = [records[i] for i in members]
         for batch in length_batches(group, batch_size):
+            index += 1
+            if shard is not None and not shard.owns(index):
+                continue
             examples = [record_to_example(group[j], with_answers=False) for j in batch]
             p = yes_probability(model, examples, pos, neg, formulation, max_rows=batch_size)
             probs[[members[j] for j in batch]] = p.detach().cpu().double().numpy()
+            mine.extend(members[j] for j in batch)
             advance(len(batch))
-    return probs
+    if shard is None:
+        return probs
+    return np.array(shard.combine(probs.tolist(), mine, advance), dtype=float)
 
 
 class Tracker:
