@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from training_helpers import one_thread, train_config, write_dataset
 
+from chatnt_core.errors import ChatNTError
 from chatnt_core.training.config import TrainConfig
+from chatnt_core.training.sharding import check_launch
 from chatnt_core.training.trainer import Trainer
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -154,3 +157,17 @@ def test_two_torchrun_agents_as_two_nodes_train_together(tmp_path: Path) -> None
         (tmp_path / "nodes" / "checkpoint-000003" / "trainer_state.json").read_text()
     )
     assert state["world_size"] == 2
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without GPUs")
+def test_deepspeed_launch_without_a_gpu_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accelerate would silently run plain DDP instead: chatnt train says so and stops."""
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    settings = train_config(tmp_path / "data", tmp_path / "out")
+    with pytest.raises(ChatNTError, match="GPU-only"):
+        Trainer(TrainConfig.model_validate(settings))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    check_launch()  # FSDP runs on CPU

@@ -179,3 +179,17 @@ def check_launch() -> None:
         )
     if wants_deepspeed and fsdp_requested():
         raise ChatNTError("both DeepSpeed and FSDP were requested: launch with one config")
+
+
+def configure_deepspeed(accelerator: Any, micro_batch_size: int) -> None:
+    """Give DeepSpeed the batch sizes it insists on. The trainer feeds no dataloader to
+    ``prepare`` and accumulates over a token budget itself, so Accelerate cannot fill
+    DeepSpeed's ``auto`` sizes and ``prepare`` fails without these (found by running the
+    shipped ZeRO-2 config with DeepSpeed's CPU accelerator, see docs/training.md)."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    config = plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = micro_batch_size
+    config["gradient_accumulation_steps"] = 1
+    config["train_batch_size"] = micro_batch_size * accelerator.num_processes

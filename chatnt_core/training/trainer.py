@@ -202,6 +202,8 @@ class Trainer:
         if self.strategy == "fsdp":
             self.wrapped, self.optimizer = self.model, optimizer
         else:
+            if self.accelerator.distributed_type.value == "DEEPSPEED":  # GPU-only, not run here
+                sharding.configure_deepspeed(self.accelerator, config.micro_batch_size)
             self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
         if self.checkpoint is not None:
             self._restore_state(self.checkpoint)
