@@ -6,7 +6,9 @@
 Each configuration is a real ``chatnt train`` run (``torchrun --standalone
 --nproc_per_node 2`` for DDP and FSDP, ``ACCELERATE_USE_FSDP=true`` for FSDP) on the demo
 tasks. Every process reports its peak resident memory (``ru_maxrss``: weights, activations,
-gradients, optimizer state, and the Python/PyTorch runtime itself) and the bytes it holds
+gradients, optimizer state, and the Python/PyTorch runtime itself), its resident memory
+once the trainer is ready (model built, and sharded under FSDP) and after the last update
+(``VmRSS``), and the bytes it holds
 of the weights (trainable and frozen) and of the Adam state after training, which show
 what FSDP shards. The table is printed in Markdown. On a CPU the runtime alone is a few
 hundred MB, so the differences between strategies show most clearly in the tensor columns.
@@ -34,6 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 
+def current_rss_mb() -> float:
+    """Resident memory now (Linux), to tell building the model from training it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def worker(config_path: str, report_dir: str) -> None:
     """Runs in every process of a launch: train, then report memory."""
     import torch
@@ -44,6 +54,7 @@ def worker(config_path: str, report_dir: str) -> None:
 
     torch.set_num_threads(1)
     trainer = Trainer(load_train_config(config_path))
+    ready_mb = current_rss_mb()
     trainer.train()
 
     def local_bytes(tensor: torch.Tensor) -> int:
@@ -59,6 +70,8 @@ def worker(config_path: str, report_dir: str) -> None:
     )
     report = {
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ready_rss_mb": ready_mb,
+        "end_rss_mb": current_rss_mb(),
         "trainable_mb": sum(local_bytes(p) for p in params if p.requires_grad) / 2**20,
         "frozen_mb": sum(local_bytes(p) for p in params if not p.requires_grad) / 2**20,
         "adam_mb": optimizer / 2**20,
@@ -126,6 +139,7 @@ def main() -> None:
 
     builders = {"tiny": tiny_settings, "smollm2": smollm2_settings}
     columns = ["model", "strategy", "processes", "peak RSS / process (MB)"]
+    columns += ["RSS when ready to train (MB)", "RSS after training (MB)"]
     columns += ["trainable weights (MB)", "frozen weights (MB)", "Adam state (MB)"]
     print("| " + " | ".join(columns) + " |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -136,15 +150,15 @@ def main() -> None:
         for name in args.models:
             for strategy in ("single", "ddp", "fsdp"):
                 reports = run(name, strategy, builders[name](), data, tmp, args.steps)
-                peak = max(r["peak_rss_mb"] for r in reports)
                 cells = [
+                    f"{max(r[k] for r in reports):.0f}"
+                    for k in ("peak_rss_mb", "ready_rss_mb", "end_rss_mb")
+                ]
+                cells += [
                     f"{max(r[k] for r in reports):.1f}"
                     for k in ("trainable_mb", "frozen_mb", "adam_mb")
                 ]
-                print(
-                    f"| {name} | {strategy} | {len(reports)} | {peak:.0f} | {' | '.join(cells)} |",
-                    flush=True,
-                )
+                print(f"| {name} | {strategy} | {len(reports)} | {' | '.join(cells)} |", flush=True)
 
 
 if __name__ == "__main__":
