@@ -21,7 +21,10 @@ During gradient accumulation the trainer keeps FSDP's gradients unsharded until 
 micro-batch (``no_sync``), so the trainable parts' full gradients are counted under FSDP
 too. Activations are for one micro-batch (``--micro-batch`` samples of ``--dna-tokens``
 encoder tokens and the paper's 256 decoder tokens: 65,536 tokens per update = 256
-samples); gradient checkpointing keeps each layer's input and one layer's activations.
+samples); with ``gradient_checkpointing`` the decoder keeps each layer's input and one
+layer's activations, while the NT-v2 encoder (its plugin has no checkpointing) keeps all.
+DDP's all-reduce buckets hold a second copy of the gradients (Accelerate's default
+``gradient_as_bucket_view=False``).
 CUDA context, allocator fragmentation and the logits (answer positions only) are not
 counted: keep ~10% headroom.
 """
@@ -148,20 +151,22 @@ def plan(args: argparse.Namespace) -> None:
     dec_tokens = args.micro_batch * args.decoder_tokens
     enc_tokens = args.micro_batch * args.dna_tokens
     activations = dec_tokens * decoder[2] * dec_token + enc_tokens * encoder[2] * enc_token
-    hidden_dec, hidden_enc = 4096 * FP32, 1024 * FP32
+    # the decoder checkpoints through Hugging Face (each layer's input kept, one layer
+    # recomputed at a time); the NT-v2 plugin offers no checkpointing, so it keeps all
+    encoder_activations = enc_tokens * encoder[2] * enc_token
     checkpointed = (
-        dec_tokens * decoder[2] * hidden_dec + enc_tokens * encoder[2] * hidden_enc
-        + max(dec_tokens * dec_token, enc_tokens * enc_token)
-    )  # fmt: skip
+        dec_tokens * decoder[2] * 4096 * FP32 + dec_tokens * dec_token + encoder_activations
+    )
     largest_unit = max(decoder[1], encoder[1], projection[1]) * FP32
     rows = {
         "frozen decoder weights": (decoder[0] * FP32, decoder[0] * FP32 / n),
         "trainable weights (encoder + projection)": (trainable * FP32, trainable * FP32 / n),
         "gradients (trainable)": (trainable * FP32, trainable * FP32),
+        "DDP gradient buckets (a second copy)": (trainable * FP32, 0.0),
         "Adam states (2 per trainable parameter)": (2 * trainable * FP32, 2 * trainable * FP32 / n),
         "gathered unit in flight (FSDP)": (0.0, 2 * largest_unit),
         f"activations, micro-batch of {args.micro_batch}": (activations, activations),
-        "activations with gradient checkpointing": (checkpointed, checkpointed),
+        "activations with decoder checkpointing": (checkpointed, checkpointed),
     }
     print(f"\n| per GPU ({n} GPUs, fp32) | DDP (GiB) | FSDP (GiB) |\n| --- | --- | --- |")
     for name, (ddp, fsdp) in rows.items():
@@ -171,7 +176,11 @@ def plan(args: argparse.Namespace) -> None:
         ddp = sum(rows[k][0] for k in keys) + act
         fsdp = sum(rows[k][1] for k in keys) + act
         print(f"| **total, {label} checkpointing** | **{ddp / GIB:.1f}** | **{fsdp / GIB:.1f}** |")
-    print(f"\nmicro-batch: {args.micro_batch} x ({args.decoder_tokens} decoder + "
+    whole = (decoder[0] + trainable) * FP32
+    print(f"\nhost RAM: every process builds the whole model before it is sharded (or "
+          f"replicated): {whole / GIB:.1f} GiB per process, {n * whole / GIB:.0f} GiB for "
+          f"{n} processes on one machine")  # fmt: skip
+    print(f"micro-batch: {args.micro_batch} x ({args.decoder_tokens} decoder + "
           f"{args.dna_tokens} DNA tokens); per GPU and update the paper's 65,536 tokens are "
           f"{65536 // n:,} decoder tokens = {65536 // n // args.decoder_tokens} samples, so "
           f"{65536 // n // args.decoder_tokens // args.micro_batch} micro-batches")  # fmt: skip

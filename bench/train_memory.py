@@ -142,7 +142,7 @@ def main() -> None:
     columns += ["RSS when ready to train (MB)", "RSS after training (MB)"]
     columns += ["trainable weights (MB)", "frozen weights (MB)", "Adam state (MB)"]
     print("| " + " | ".join(columns) + " |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("|" + " --- |" * len(columns))
     with tempfile.TemporaryDirectory() as scratch:
         tmp = Path(scratch)
         data = tmp / "demo"
