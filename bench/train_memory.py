@@ -34,6 +34,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+STRATEGIES = ("single", "ddp", "fsdp")
 
 
 def current_rss_mb() -> float:
@@ -130,6 +131,9 @@ def main() -> None:
         "--models", nargs="+", default=["tiny", "smollm2"], choices=["tiny", "smollm2"]
     )
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES)
+    )
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -148,7 +152,7 @@ def main() -> None:
         data = tmp / "demo"
         write_demo(data, train_size=40, test_size=4, seed=0)
         for name in args.models:
-            for strategy in ("single", "ddp", "fsdp"):
+            for strategy in args.strategies:
                 reports = run(name, strategy, builders[name](), data, tmp, args.steps)
                 cells = [
                     f"{max(r[k] for r in reports):.0f}"
