@@ -2,8 +2,9 @@
 unsharded process computes, the checkpoint is the ordinary single-file one, and a run
 killed with SIGKILL resumes exactly.
 
-One uninterrupted two-process FSDP run (a module fixture) serves every test here, to keep
-the added test time small on a shared 2-core machine.
+The assembly is the tiny one (char encoder, Perceiver, frozen 2-layer Llama) with LoRA
+adapters on the decoder. One uninterrupted two-process FSDP run (a module fixture) serves
+every test here, to keep the added test time small on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -81,8 +82,16 @@ def torchrun(*args: str) -> list[str]:
 def fsdp_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     tmp = tmp_path_factory.mktemp("fsdp")
     data = write_dataset(tmp / "data")
+    # LoRA adapters put trainable and frozen weights in the same sharded decoder layers
+    lora = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
     settings = train_config(
-        data, tmp / "fsdp", max_steps=STEPS, save_every=2, keep_last=4, micro_batch_size=2
+        data,
+        tmp / "fsdp",
+        max_steps=STEPS,
+        save_every=2,
+        keep_last=4,
+        micro_batch_size=2,
+        lora=lora,
     )
     config = tmp / "fsdp.yaml"
     config.write_text(yaml.safe_dump(settings))
@@ -113,8 +122,8 @@ def test_parameters_are_sharded_over_the_two_processes(fsdp_run: Run) -> None:
 
 def test_two_fsdp_processes_match_one_process(fsdp_run: Run, tmp_path: Path) -> None:
     """Same samples per update: losses agree up to float32 summation order (the sharded
-    reduce-scatter sums in another order than one process). Measured: loss diff <= 3e-7,
-    final weights <= 1e-6; the tolerances leave an order of magnitude of margin."""
+    reduce-scatter sums in another order than one process). Measured: loss diff 2.0e-7,
+    gradient norms 1e-7 relative, final weights 1.8e-6; the tolerances leave 5-50x margin."""
     single = TrainConfig.model_validate({**fsdp_run.settings, "output_dir": str(tmp_path)})
     with one_thread():
         Trainer(single).train()
