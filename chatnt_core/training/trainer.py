@@ -198,6 +198,8 @@ class Trainer:
         if self.strategy == "fsdp":
             units = sharding.shard_model(self.model, self.accelerator.device)
             self.accelerator.print(f"FSDP: model sharded in {units} units")
+        elif sharding.fsdp_requested():
+            self.accelerator.print("FSDP asked for, but this is one process: nothing to shard")
         optimizer = self._optimizer()
         if self.strategy == "fsdp":
             self.wrapped, self.optimizer = self.model, optimizer
