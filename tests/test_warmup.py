@@ -83,6 +83,7 @@ def test_warm_up_learns_a_planted_motif_and_is_seeded() -> None:
             tasks = probe_tasks(records, CARDS, model, max_per_task=1000)
             losses = warm_up_encoder(model, tasks, config, 0, torch.device("cpu"))
             weights.append(model.conv.weight.detach().clone())
+            assert all(p.grad is None for p in model.parameters())  # none left for update 1
     assert len(losses) == 150
     assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:20]) / 20  # from ~ln 2 towards 0
     assert torch.equal(weights[0], weights[1])

@@ -47,6 +47,7 @@ from chatnt_core.evaluation.data import (
 from chatnt_core.training.state_io import write_text_atomic
 
 if TYPE_CHECKING:
+    from chatnt_core.evaluation.shard import Shard
     from chatnt_core.model import ChatNTModel
 
 CALIBRATION_FILE = "calibration.json"
@@ -143,6 +144,7 @@ def fit_calibrators(
     progress: bool = False,
     split: str = "train",
     formulation: Formulation = "paper",
+    shard: Shard | None = None,
 ) -> tuple[dict[str, TaskCalibration], dict[str, str]]:
     """One calibrator per binary task from ``split`` (the paper: ``train``), and the tasks
     skipped (why).
@@ -167,7 +169,7 @@ def fit_calibrators(
             tracker.describe(f"calibrating {name}")
             records = read_records(dataset, indices)
             probs = positive_probabilities(
-                model, card, records, batch_size, tracker.advance, formulation
+                model, card, records, batch_size, tracker.advance, formulation, shard
             )
             positive = next(label.name for label in card.labels or [] if label.positive)
             labels = np.array([float(r["label"] == positive) for r in records])

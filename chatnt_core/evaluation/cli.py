@@ -105,13 +105,20 @@ def evaluate_command(
 
     from chatnt_core.evaluation.calibrate import load_calibration
     from chatnt_core.evaluation.evaluate import evaluate_model
+    from chatnt_core.evaluation.shard import launch_shard
 
+    # Under torchrun / accelerate launch every process answers its share of the batches
+    # (evaluation/shard.py); the main process writes the report.
+    shard, state = launch_shard()
+    main = state is None or state.is_main_process
+    if state is not None and device is None:
+        device = str(state.device)
     directory, model = _load(checkpoint, device)
     out_dir = out if out is not None else directory / "evaluation"
     report = evaluate_model(
         model,
         data,
-        out_dir,
+        out_dir if main else None,
         tasks=names,
         max_per_task=max_per_task,
         batch_size=batch_size,
@@ -121,9 +128,14 @@ def evaluate_command(
         calibrate_on=calibrate_on,
         calibration_size=calibration_size,
         cards=cards,
-        progress=True,
+        progress=main,
         model_name=str(directory),
+        shard=shard,
     )
+    if state is not None:
+        state.wait_for_everyone()
+    if not main:
+        return
     typer.echo((out_dir / "metrics.md").read_text(encoding="utf-8"), nl=False)
     typer.echo(f"report: {out_dir} ({len(report.tasks)} tasks)")
 

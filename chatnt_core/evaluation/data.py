@@ -24,6 +24,7 @@ from chatnt_core.progress import PeriodicLines
 
 if TYPE_CHECKING:
     from chatnt_core.calibration import Formulation
+    from chatnt_core.evaluation.shard import Shard
     from chatnt_core.model import ChatNTModel
 
 Advance = Callable[[int], None]
@@ -149,12 +150,15 @@ def generate_answers(
     batch_size: int,
     max_new_tokens: int,
     advance: Advance = _nothing,
+    shard: Shard | None = None,
     known: Mapping[int, str] | None = None,
 ) -> list[str]:
     """Greedy answers to each record's last question (earlier turns kept as history).
 
     ``known``: record index -> its greedy answer, already decoded (by answer scoring,
-    ``positive_probabilities``); those records are not decoded again."""
+    ``positive_probabilities``); those records are not decoded again. With a ``shard``,
+    this process answers its own batches and the others' answers are gathered
+    (``evaluation/shard.py``); every process returns all answers."""
     from chatnt_core.generation import GenerationConfig, generate_ids
 
     config = GenerationConfig(max_new_tokens=max_new_tokens)
@@ -162,15 +166,19 @@ def generate_answers(
     answers = [known.get(i, "") for i in range(len(records))]
     todo = [i for i in range(len(records)) if i not in known]
     advance(len(records) - len(todo))
-    for chunk in length_batches([records[i] for i in todo], batch_size):
+    mine: list[int] = []
+    for index, chunk in enumerate(length_batches([records[i] for i in todo], batch_size)):
+        if shard is not None and not shard.owns(index):
+            continue
         batch = [todo[j] for j in chunk]
+        mine.extend(batch)
         examples = [record_to_example(records[i], with_answers=False) for i in batch]
         tokenized = model.tokenize(examples).to(model.device)
         texts = model.answer_texts(tokenized, generate_ids(model, tokenized, config))
         for i, text in zip(batch, texts):
             answers[i] = text.strip()
         advance(len(batch))
-    return answers
+    return answers if shard is None else shard.combine(answers, mine, advance)
 
 
 def positive_probabilities(
@@ -180,6 +188,7 @@ def positive_probabilities(
     batch_size: int,
     advance: Advance = _nothing,
     formulation: Formulation = "paper",
+    shard: Shard | None = None,
     greedy_answers: dict[int, str] | None = None,
     max_new_tokens: int = 0,
 ) -> np.ndarray:
@@ -190,9 +199,10 @@ def positive_probabilities(
     The answer phrasings are rendered with each record's own tags, and records sharing
     tags are scored together (one set of candidates per batch). At most ``batch_size``
     candidate rows go through the decoder at once, which bounds memory like a generation
-    batch of the same size. ``greedy_answers`` receives, for the records whose greedy
-    answer (within ``max_new_tokens``) is one of the phrasings, that answer: scoring has
-    decoded it already (``CandidateScores.greedy_answers``).
+    batch of the same size. With a ``shard``, batches are dealt out as in
+    ``generate_answers``. ``greedy_answers`` receives, for the records whose greedy answer
+    (within ``max_new_tokens``) is one of the phrasings, that answer: scoring has decoded
+    it already (``CandidateScores.greedy_answers``); with a shard, every process's.
     """
     from chatnt_core.calibration import class_probabilities
     from chatnt_core.generation import GenerationConfig, stop_token_ids
@@ -200,6 +210,7 @@ def positive_probabilities(
     stops = stop_token_ids(model, GenerationConfig(max_new_tokens=max_new_tokens))
     positive, negative = binary_phrasings(card)
     probs = np.full(len(records), np.nan)
+    decoded: list[str | None] = [None] * len(records)
     groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
     for i, record in enumerate(records):
         tags = sequence_tags(card, record)
@@ -207,24 +218,34 @@ def positive_probabilities(
             advance(1)
             continue
         groups.setdefault(tuple(sorted(tags.items())), []).append(i)
+    mine: list[int] = []
+    index = -1  # batches are counted over all groups, in the same order on every process
     for key, members in groups.items():
         tags = dict(key)
         pos = [fill(a, tags) for a in positive]
         neg = [fill(a, tags) for a in negative]
         group = [records[i] for i in members]
         for batch in length_batches(group, batch_size):
+            index += 1
+            if shard is not None and not shard.owns(index):
+                continue
             examples = [record_to_example(group[j], with_answers=False) for j in batch]
             p, scores = class_probabilities(
                 model, examples, pos, neg, formulation, max_rows=batch_size
             )
             probs[[members[j] for j in batch]] = p[:, 0].detach().cpu().double().numpy()
+            mine.extend(members[j] for j in batch)
             if greedy_answers is not None and max_new_tokens > 0:
                 found = scores.greedy_answers(stops, max_new_tokens)
                 texts = model.answer_texts(model.tokenize(examples), [ids or [] for ids in found])
                 for j, ids, text in zip(batch, found, texts):
-                    if ids is not None:
-                        greedy_answers[members[j]] = text.strip()
+                    decoded[members[j]] = text.strip() if ids is not None else None
             advance(len(batch))
+    if shard is not None:
+        probs = np.array(shard.combine(probs.tolist(), mine, advance), dtype=float)
+        decoded = shard.combine(decoded, mine, _nothing)
+    if greedy_answers is not None:
+        greedy_answers.update((i, text) for i, text in enumerate(decoded) if text is not None)
     return probs
 
 

@@ -54,6 +54,7 @@ from chatnt_core.evaluation.metrics import (
 from chatnt_core.evaluation.parsing import ParsedAnswer, parse_answer
 
 if TYPE_CHECKING:
+    from chatnt_core.evaluation.shard import Shard
     from chatnt_core.model import ChatNTModel
 
 PAPER_MAX_PER_TASK = 5_000
@@ -244,12 +245,16 @@ def evaluate_model(
     cards: Mapping[str, TaskCard] | None = None,
     progress: bool = False,
     model_name: str | None = None,
+    shard: Shard | None = None,
 ) -> EvaluationReport:
     """Evaluate ``model`` on ``data_dir/test``; write the report to ``out_dir`` if given.
 
     ``calibrations`` maps binary tasks to stored calibrators (``load_calibration``);
     ``calibrate_on="train"`` fits the missing ones from ``data_dir/train`` first, on
-    ``calibration_size`` examples per task (default ``max_per_task``).
+    ``calibration_size`` examples per task (default ``max_per_task``). With a ``shard``
+    (one per process of a launch) each process answers its share of the batches and
+    every process gets the whole report (``evaluation/shard.py``); give ``out_dir`` on
+    one process only.
     """
     _check_settings(max_per_task, batch_size, max_new_tokens)
     if calibrate_on not in (None, "train"):
@@ -278,13 +283,13 @@ def evaluate_model(
                 batch_size=batch_size,
                 seed=seed,
                 progress=progress,
+                shard=shard,
             )
             for entry in fitted.values():
                 entry.source = CALIBRATED_ON_THE_FLY
             calibrations.update(fitted)
-        results = _run(
-            model, dataset, rows, cards, calibrations, failed, batch_size, max_new_tokens, progress
-        )
+        run = (batch_size, max_new_tokens, progress, shard)
+        results = _run(model, dataset, rows, cards, calibrations, failed, *run)
     finally:
         model.train(was_training)
     settings = {
@@ -315,6 +320,7 @@ def _run(
     batch_size: int,
     max_new_tokens: int,
     progress: bool,
+    shard: Shard | None,
 ) -> dict[str, TaskEvaluation]:
     work = sum(len(r) * (2 if cards[t].kind == "binary" else 1) for t, r in rows.items())
     results: dict[str, TaskEvaluation] = {}
@@ -343,12 +349,13 @@ def _run(
                     batch_size,
                     tracker.advance,
                     formulation,
+                    shard,
                     greedy_answers=decoded,
                     max_new_tokens=max_new_tokens,
                 )
             tracker.describe(f"{name}: answering")
             answers = generate_answers(
-                model, records, batch_size, max_new_tokens, tracker.advance, known=decoded
+                model, records, batch_size, max_new_tokens, tracker.advance, shard, decoded
             )
             results[name] = score_task(card, indices, records, answers, probs, calibration, note)
     return results

@@ -230,6 +230,8 @@ def warm_up_projections(
             if progress is not None:
                 progress(step)
     finally:
+        # the last step's gradients would otherwise add to the first chat update's
+        optimizer.zero_grad(set_to_none=True)
         for p, flag in held:
             p.requires_grad_(flag)
         for module, training in modes:

@@ -67,6 +67,13 @@ def trainable_state_dict(
     are learned state of the trainable module around them). ``full_state`` may come from
     a sharded wrapper (FSDP, DeepSpeed) that has to gather it first."""
     state = full_state if full_state is not None else model.state_dict()
+    state = {_clean_name(k): v for k, v in state.items()}
+    names = trainable_names(model)
+    return {n: state[n].detach().cpu().contiguous().clone() for n in sorted(names) if n in state}
+
+
+def trainable_names(model: nn.Module) -> set[str]:
+    """The state-dict names ``trainable_state_dict`` keeps (see there)."""
     names = {name for name, p in model.named_parameters() if p.requires_grad}
     modules = dict(model.named_modules())
 
@@ -81,9 +88,7 @@ def trainable_state_dict(
             names |= {
                 f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False)
             }
-    names = {_clean_name(n) for n in names}
-    state = {_clean_name(k): v for k, v in state.items()}
-    return {n: state[n].detach().cpu().contiguous().clone() for n in sorted(names) if n in state}
+    return {_clean_name(n) for n in names}
 
 
 def modified_tokenizer(decoder: nn.Module) -> Any:

@@ -32,7 +32,7 @@ from chatnt_core.config import ResolvedConfig, load_config, parse_config, resolv
 from chatnt_core.errors import ChatNTError, ConfigError
 from chatnt_core.interfaces import Encoder, Projection
 from chatnt_core.model import ChatNTModel
-from chatnt_core.training import anchors
+from chatnt_core.training import anchors, sharding
 from chatnt_core.training import checkpoint as ckpt
 from chatnt_core.training.config import EncoderWarmupConfig, ScheduleConfig, TrainConfig
 from chatnt_core.training.data import ExampleCache, TrainingData, answer_tokens
@@ -155,6 +155,7 @@ class Trainer:
         self.config = config
         self.output_dir = Path(config.output_dir)
         multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        sharding.check_launch()
         # bf16 is autocast (weights stay fp32), on GPUs and CPUs alike. Only CPUs with native
         # bfloat16 (AVX512-BF16, AMX) gain from it; on others it is many times slower
         # (python bench/train_throughput.py --smollm2 measures both).
@@ -188,21 +189,37 @@ class Trainer:
         self.samples_seen = 0
         self.tokens_seen = 0
         self.interval: dict[str, float] = {"loss_sum": 0.0, "answer_tokens": 0.0, "steps": 0.0}
-        opt = config.optimizer
+        if self.checkpoint is not None:
+            self._check_resume_config()
+            ckpt.load_weights(self.model, self.checkpoint.weights(), self.checkpoint.directory)
+        # FSDP: the trainer shards the model itself (training/sharding.py says why), after
+        # the weights are final and before the optimizer, which must hold the shards.
+        self.strategy = "fsdp" if sharding.fsdp_requested() and multi else "replicated"
+        if self.strategy == "fsdp":
+            units = sharding.shard_model(self.model, self.accelerator.device)
+            self.accelerator.print(f"FSDP: model sharded in {units} units")
+        elif sharding.fsdp_requested():
+            self.accelerator.print("FSDP asked for, but this is one process: nothing to shard")
+        optimizer = self._optimizer()
+        if self.strategy == "fsdp":
+            self.wrapped, self.optimizer = self.model, optimizer
+        else:
+            if self.accelerator.distributed_type.value == "DEEPSPEED":  # GPU-only, not run here
+                sharding.configure_deepspeed(self.accelerator, config.micro_batch_size)
+            self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
+        if self.checkpoint is not None:
+            self._restore_state(self.checkpoint)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        opt = self.config.optimizer
         optimizer_class = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-        optimizer = optimizer_class(
-            _param_groups(self.model, config.lr_scale),
+        return optimizer_class(
+            _param_groups(self.model, self.config.lr_scale),
             lr=opt.lr,
             betas=opt.betas,
             eps=opt.eps,
             weight_decay=opt.weight_decay,
         )
-        if self.checkpoint is not None:
-            self._check_resume_config()
-            ckpt.load_weights(self.model, self.checkpoint.weights(), self.checkpoint.directory)
-        self.wrapped, self.optimizer = self.accelerator.prepare(self.model, optimizer)
-        if self.checkpoint is not None:
-            self._restore_state(self.checkpoint)
 
     # ---- encoder warm-up ------------------------------------------------------------------
 
@@ -347,6 +364,13 @@ class Trainer:
         state = checkpoint.trainer_state
         rank = self.accelerator.process_index
         saved_world = int(state.get("world_size", 1))
+        saved_strategy = str(state.get("strategy", "replicated"))
+        if saved_strategy != self.strategy:
+            raise ChatNTError(
+                f"{checkpoint.directory} was saved by a {saved_strategy} run and this is a "
+                f"{self.strategy} run: resume with the launch it was trained with (FSDP: "
+                f"{sharding.FSDP_ENV}=true)"
+            )
         sharded = (checkpoint.directory / "optimizer-rank0.json").is_file()
         if sharded and saved_world != self.accelerator.num_processes:
             raise ChatNTError(
@@ -354,7 +378,9 @@ class Trainer:
                 f"processes: resume with {saved_world} processes"
             )
         optimizer_state = checkpoint.optimizer_state(rank)
-        if optimizer_state is not None:
+        if optimizer_state is not None and self.strategy == "fsdp":
+            sharding.load_optimizer_state(self.optimizer, optimizer_state)
+        elif optimizer_state is not None:
             self.optimizer.load_state_dict(optimizer_state)
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
@@ -402,7 +428,10 @@ class Trainer:
             # accumulation boundary is marked by hand rather than with a fixed step count:
             # DeepSpeed reads this flag, DDP skips its all-reduce under no_sync.
             acc.gradient_state._set_sync_gradients(last)
-            with contextlib.nullcontext() if last else acc.no_sync(self.wrapped):
+            if self.strategy == "fsdp":
+                sharding.set_gradient_sync(self.wrapped, last)
+            autocast = acc.autocast() if self.strategy == "fsdp" else contextlib.nullcontext()
+            with self._no_sync(last), autocast:  # prepare() autocasts a replicated model
                 out = self.wrapped(batch)
                 if out.loss is None:  # cannot happen for validated data; keep DDP in step
                     scaled = out.logits.sum() * 0.0
@@ -422,8 +451,11 @@ class Trainer:
         grad_norm = float("nan")
         if self.config.max_grad_norm is not None:
             params = [p for p in self.wrapped.parameters() if p.requires_grad]
-            norm = acc.clip_grad_norm_(params, self.config.max_grad_norm)
-            grad_norm = float(norm) if norm is not None else grad_norm
+            if self.strategy == "fsdp":
+                grad_norm = sharding.clip_grad_norm(params, self.config.max_grad_norm)
+            else:
+                norm = acc.clip_grad_norm_(params, self.config.max_grad_norm)
+                grad_norm = float(norm) if norm is not None else grad_norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         loss = float(acc.reduce(loss_sum, reduction="sum")) / total_answer
@@ -436,6 +468,12 @@ class Trainer:
             "answer_tokens": total_answer,
             "padding_fraction": padding_fraction(lengths, batches),
         }
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager[Any]:
+        """DDP's no_sync before the last micro-batch; FSDP is told by set_gradient_sync."""
+        if last or self.strategy == "fsdp":
+            return contextlib.nullcontext()
+        return cast(contextlib.AbstractContextManager[Any], self.accelerator.no_sync(self.wrapped))
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -460,8 +498,15 @@ class Trainer:
             "plugins": self.resolved.plugin_versions(),
             "train": self.config.to_dict(),
         }
-        sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
-        full = acc.get_state_dict(self.wrapped) if sharded else None
+        sharded = self.strategy == "fsdp" or acc.distributed_type.value == "DEEPSPEED"
+        optimizer_state = self.optimizer.state_dict()
+        full: dict[str, torch.Tensor] | None = None
+        if self.strategy == "fsdp":
+            names = ckpt.trainable_names(self.model)
+            full = sharding.gathered_state(self.model, names, acc.is_main_process)
+            optimizer_state = sharding.local_optimizer_state(optimizer_state)
+        else:
+            full = acc.get_state_dict(self.wrapped) if sharded else None
         payload = ckpt.CheckpointPayload(
             config=config,
             weights=ckpt.trainable_state_dict(self.model, full) if acc.is_main_process else {},
@@ -471,8 +516,9 @@ class Trainer:
                 "interval": self.interval,
                 "sampler": self.sampler.state.to_json(),
                 "lr_factor": lr_factor(self.step, self.config.schedule, self.config.max_steps),
+                "strategy": self.strategy,
             },
-            optimizer_state=self.optimizer.state_dict(),
+            optimizer_state=optimizer_state,
             optimizer_sharded=sharded,
             tokenizer=ckpt.modified_tokenizer(self.model.decoder),
             rank=acc.process_index,

@@ -140,5 +140,6 @@ def warm_up_encoder(
         losses.append(float(loss.detach()))
         if progress is not None:
             progress(step)
+    optimizer.zero_grad(set_to_none=True)  # or the last step's gradients join update 1
     encoder.train(was_training)
     return losses
