@@ -84,6 +84,7 @@ def select_cache_rows(past: Any, index: torch.Tensor) -> Any:
     )
 
 
+@torch.no_grad()
 def run_prompt(model: ChatNTModel, batch: ModelBatch, embeds: torch.Tensor) -> PromptState:
     """Run the (B, T, D) merged prompt embeddings through the decoder once.
 

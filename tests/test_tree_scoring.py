@@ -4,6 +4,8 @@ and step-by-step generation."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from tiny_models import sharp_tiny_model
@@ -119,3 +121,29 @@ def test_ask_batch_answers_equal_plain_generation(model: ChatNTModel) -> None:
     plain = bot.generate(questions, sequences, max_new_tokens=12)
     assert [a.text for a in answers] == plain
     assert answers[0].probability is not None and answers[1].probability is None
+
+
+def test_ask_batch_runs_the_model_without_autograd(
+    model: ChatNTModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The projection's weights require grad; an answer must not keep their graph (it
+    doubled ``chatnt batch``'s peak memory once)."""
+    seen: list[bool] = []
+    forward = model.decoder.forward
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(torch.is_grad_enabled())
+        return forward(*args, **kwargs)
+
+    embed = model.embed_prompt
+
+    def spy_embed(*args: Any, **kwargs: Any) -> torch.Tensor:
+        out = embed(*args, **kwargs)
+        seen.append(out.requires_grad)
+        return out
+
+    monkeypatch.setattr(model.decoder, "forward", spy)
+    monkeypatch.setattr(model, "embed_prompt", spy_embed)
+    assert any(p.requires_grad for p in model.parameters())
+    ChatNT(model).ask_batch(["Is there a CTCF binding site in @a.fna?"], [{"a.fna": SEQ}])
+    assert len(seen) > 1 and not any(seen)
