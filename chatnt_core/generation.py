@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
+from chatnt_core.adapter_merge import adapters_folded, uniform_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
 from chatnt_core.errors import PromptTooLongError
 from chatnt_core.prefix_cache import drop_prefix
@@ -198,31 +199,34 @@ def continue_from(
     limit = generation_room(model, input_ids.shape[1], config)
     answers = _Answers(model, config, input_ids.shape[0], input_ids.device)
     gate = row_gate(input_ids, decoder.placeholder_token_id)  # (A, 1)
-    logits, past, mask, positions = state.logits, state.past, state.mask, state.next_positions
+    logits, mask, positions = state.logits, state.mask, state.next_positions
+    past = decoder.reserve_cache(state.past, limit)  # room for the answer, written in place
     active = torch.arange(input_ids.shape[0], device=input_ids.device)  # (A,) rows decoded
-    for step in range(limit):
-        token = answers.choose(logits, active)  # (A,)
-        if answers.done or step == limit - 1:
-            break
-        running = ~answers.finished[active]  # (A,)
-        if int(running.sum()) <= COMPACT_AT * len(active):
-            # rows that have stopped leave the batch (their cache rows too)
-            keep = running.nonzero()[:, 0]
-            past = select_cache_rows(past, keep)
-            mask, positions, gate = mask[keep], positions[keep], gate[keep]
-            token, active = token[keep], active[keep]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        with adapters_gated(decoder, gate):
-            out = decoder(
-                decoder.embed_tokens(token[:, None]),  # (A, 1, D)
-                mask,
-                positions,
-                past_key_values=past,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-        past, positions = out.past_key_values, positions + 1  # positions: (A, 1)
-        logits = out.logits[:, -1]
+    # every answer token follows the sequences: one gate per row, adapters folded when uniform
+    with adapters_folded(decoder, uniform_gate(decoder, gate)):
+        for step in range(limit):
+            token = answers.choose(logits, active)  # (A,)
+            if answers.done or step == limit - 1:
+                break
+            running = ~answers.finished[active]  # (A,)
+            if int(running.sum()) <= COMPACT_AT * len(active):
+                # rows that have stopped leave the batch (their cache rows too)
+                keep = running.nonzero()[:, 0]
+                past = select_cache_rows(past, keep)
+                mask, positions, gate = mask[keep], positions[keep], gate[keep]
+                token, active = token[keep], active[keep]
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            with adapters_gated(decoder, gate):
+                out = decoder(
+                    decoder.embed_tokens(token[:, None]),  # (A, 1, D)
+                    mask,
+                    positions,
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            past, positions = out.past_key_values, positions + 1  # positions: (A, 1)
+            logits = out.logits[:, -1]
     return answers.ids()
 
 

@@ -205,6 +205,13 @@ class Decoder(nn.Module, ABC):
         the cost, and training and generation only read the answer positions.
         """
 
+    def reserve_cache(self, past_key_values: Any, extra_tokens: int) -> Any:
+        """A cache equal to ``past_key_values`` with room for ``extra_tokens`` more
+        positions, so that decoding writes each step in place rather than reallocating
+        the cache; ``past_key_values`` itself must not change. A pure speed-up: the
+        default returns the cache as it is."""
+        return past_key_values
+
     def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
         """A fresh cache holding ``past_key_values`` (batch 1) repeated ``batch_size`` times.
 

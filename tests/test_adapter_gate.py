@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from training_helpers import lora_tiny_model
 
 from chatnt_core import ChatNTModel, Example, SequenceInput, Turn
 from chatnt_core.adapter_gate import gate_of, placeholder_gate, row_gate
 from chatnt_core.generation import GenerationConfig, generate_ids
 from chatnt_core.scoring import score_candidates, score_candidates_naive
-from chatnt_core.training.config import LoraSettings
-from chatnt_core.training.lora import apply_lora
 
 DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"
 TAGGED = "Is there a TATA box in @p.fna?"
@@ -18,16 +17,7 @@ PLAIN = "What is a promoter?"
 
 
 def _model(active_from: str | None) -> ChatNTModel:
-    """tiny-random with (optionally) LoRA whose up-projections are not zero, so they act."""
-    torch.manual_seed(0)
-    model = ChatNTModel.from_config("tiny-random").eval()
-    if active_from is not None:
-        settings = LoraSettings(r=2, alpha=4, target_modules=["q_proj", "v_proj"])
-        apply_lora(model.decoder, settings.model_copy(update={"active_from": active_from}))
-        with torch.no_grad():
-            for name, param in model.decoder.named_parameters():
-                if "lora_B" in name:
-                    param.normal_(0.0, 0.5)
+    model: ChatNTModel = lora_tiny_model(active_from)
     return model
 
 

@@ -140,3 +140,22 @@ def train_demo_one_step(demo: Path, output_dir: Path) -> Path:
     }
     checkpoint: Path = Trainer(TrainConfig.model_validate(config)).train().checkpoint
     return checkpoint
+
+
+def lora_tiny_model(active_from: str | None = "first_sequence") -> Any:
+    """The ``tiny-random`` assembly in eval mode with LoRA on q/v (``active_from`` None: no
+    LoRA), the adapters' up-projections drawn non-zero so that they act."""
+    from chatnt_core import ChatNTModel
+    from chatnt_core.training.config import LoraSettings
+    from chatnt_core.training.lora import apply_lora
+
+    torch.manual_seed(0)
+    model = ChatNTModel.from_config("tiny-random").eval()
+    if active_from is not None:
+        settings = LoraSettings(r=2, alpha=4, target_modules=["q_proj", "v_proj"])
+        apply_lora(model.decoder, settings.model_copy(update={"active_from": active_from}))
+        with torch.no_grad():
+            for name, param in model.decoder.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.5)
+    return model

@@ -38,6 +38,8 @@ from chatnt_core.model_store import (
 )
 from chatnt_core.plugins import BuildContext
 from chatnt_hf_decoders.byte_tokenizer import build_byte_tokenizer
+from chatnt_hf_decoders.kv_cache import reserve
+from chatnt_hf_decoders.rows_first import rows_first
 
 BYTES_TOKENIZER = "bytes"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -430,14 +432,15 @@ class HFCausalLM(Decoder):
         use_cache: bool = False,
         logits_to_keep: int = 0,
     ) -> DecoderOutput:
-        output = self.model(
-            inputs_embeds=inputs_embeds.to(self.model.dtype),
-            attention_mask=self._mask(attention_mask),
-            position_ids=position_ids,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **{self._cache_argument: past_key_values},
-        )
+        with rows_first(self.model):
+            output = self.model(
+                inputs_embeds=inputs_embeds.to(self.model.dtype),
+                attention_mask=self._mask(attention_mask),
+                position_ids=position_ids,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **{self._cache_argument: past_key_values},
+            )
         cache = getattr(output, self._cache_argument, None) if use_cache else None
         return DecoderOutput(logits=output.logits, past_key_values=cache)
 
@@ -449,6 +452,9 @@ class HFCausalLM(Decoder):
         dtype = self.model.dtype
         grid = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
         return grid.masked_fill(~attention_mask.bool(), torch.finfo(dtype).min)
+
+    def reserve_cache(self, past_key_values: Any, extra_tokens: int) -> Any:
+        return reserve(past_key_values, extra_tokens)
 
     def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
         layers = getattr(past_key_values, "layers", None)
