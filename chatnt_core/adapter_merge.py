@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from chatnt_core import rows_first
 from chatnt_core.adapter_gate import gate_of
 
 
@@ -97,6 +98,8 @@ def adapters_folded(decoder: nn.Module, gate_value: float | None) -> Iterator[bo
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
     def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return nn.functional.linear(x.to(weight.dtype), weight, bias)
+        if torch.is_grad_enabled():
+            return nn.functional.linear(x.to(weight.dtype), weight, bias)
+        return rows_first.linear(x.to(weight.dtype), weight, bias)
 
     return forward

@@ -14,8 +14,8 @@ from chatnt_core import ChatNTModel
 from chatnt_core.adapter_gate import adapters_gated
 from chatnt_core.adapter_merge import adapters_folded, uniform_gate
 from chatnt_core.generation import GenerationConfig, generate_ids, select_cache_rows
+from chatnt_core.rows_first import linear, rows_first
 from chatnt_hf_decoders.kv_cache import ReservedLayer, reserve
-from chatnt_hf_decoders.rows_first import _rows_first_linear, rows_first
 
 DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"
 
@@ -27,7 +27,7 @@ def test_rows_first_linear_equals_nn_linear(shape: tuple[int, ...]) -> None:
     torch.manual_seed(0)
     layer = nn.Linear(16, 40)
     x = torch.randn(*shape)
-    out = _rows_first_linear(layer, x)
+    out = linear(x, layer.weight, layer.bias)
     assert out.shape == (*shape[:-1], 40) and out.is_contiguous()
     torch.testing.assert_close(out, layer(x), atol=1e-6, rtol=1e-5)
 
@@ -36,10 +36,12 @@ def test_rows_first_is_scoped_to_the_block_and_to_inference() -> None:
     decoder = build_tiny_decoder()
     layers = [m for m in decoder.model.modules() if type(m) is nn.Linear]
     assert layers
-    with torch.no_grad(), rows_first(decoder.model):
+    with torch.no_grad(), rows_first(decoder.model, 1):  # one row: a matrix-vector product
+        assert not any("forward" in m.__dict__ for m in layers)
+    with torch.no_grad(), rows_first(decoder.model, 8):
         assert all("forward" in m.__dict__ for m in layers)
     assert not any("forward" in m.__dict__ for m in layers)  # generate() keeps stock layers
-    with rows_first(decoder.model):  # autograd on (training): nothing is swapped
+    with rows_first(decoder.model, 8):  # autograd on (training): nothing is swapped
         assert not any("forward" in m.__dict__ for m in layers)
 
 
@@ -167,3 +169,14 @@ def test_generation_with_folded_adapters_matches_full_recompute() -> None:
         cached = generate_ids(model, batch, config)
         full = generate_ids(model, batch, GenerationConfig(10, ignore_eos=True, use_cache=False))
         assert cached == full
+
+
+def test_rows_first_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoder = build_tiny_decoder()
+    monkeypatch.setenv("CHATNT_ROWS_FIRST", "0")
+    with torch.no_grad(), rows_first(decoder.model, 8):
+        assert not any("forward" in m.__dict__ for m in decoder.model.modules())
+    layer, x = nn.Linear(16, 40), torch.randn(8, 16)
+    assert torch.equal(
+        linear(x, layer.weight, layer.bias), nn.functional.linear(x, layer.weight, layer.bias)
+    )

@@ -11,8 +11,11 @@ from pydantic import ValidationError
 from safetensors.torch import load_file
 from tiny_models import TINY_MAX_POSITIONS, build_tiny_decoder, save_tiny_llama, tiny_llama_config
 from tokenizers import pre_tokenizers
+from training_helpers import tiny_model
 from transformers import AutoTokenizer, DynamicCache
 
+from chatnt_core import ChatNTModel
+from chatnt_core.config import parse_config
 from chatnt_core.errors import ConfigError
 from chatnt_core.interfaces import Decoder
 from chatnt_core.plugins import BuildContext, ComponentKind, get_registry
@@ -155,6 +158,27 @@ def test_tokenize_bos_and_detokenize(decoder: Decoder) -> None:
     assert decoder.tokenize("hi", add_bos=True) == [1, *byte_ids("hi")]
     assert decoder.tokenize("hi") == byte_ids("hi")
     assert decoder.detokenize([1, *byte_ids("hé"), 260, 2, 3]) == "hé"
+
+
+def test_a_template_that_writes_the_bos_gets_no_second_one(tmp_path: Path) -> None:
+    """The prompt of a tag-free message is exactly the LLM's own chat-template rendering
+    (SmolLM2's template starts every turn with its BOS, <|im_start|>)."""
+    template = "{{ bos_token }}" + CHAT_TEMPLATE
+    directory = save_tiny_llama(tmp_path, chat_template=template)
+    decoder = build({"path": str(directory)})
+    assert decoder.tokenize("<s>hi", add_bos=True) == [1, *byte_ids("hi")]
+    config = {
+        **tiny_model(),
+        "decoder": {"name": "hf-causal-lm", "params": {"path": str(directory)}},
+        "prompt": {"template": "native", "system_prompt": ""},
+    }
+    model = ChatNTModel.from_config(parse_config(config))
+    messages = [{"role": "user", "content": "What is a promoter?"}]
+    own = AutoTokenizer.from_pretrained(directory).apply_chat_template(
+        messages, tokenize=True, add_generation_prompt=True, return_dict=True
+    )["input_ids"]
+    batch = model.prompt_batch(["What is a promoter?"], [{}])
+    assert batch.input_ids[0].tolist() == list(own)
 
 
 def test_pad_falls_back_to_eos() -> None:

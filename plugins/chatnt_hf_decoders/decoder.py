@@ -37,9 +37,9 @@ from chatnt_core.model_store import (
     resolve_decoder_path,
 )
 from chatnt_core.plugins import BuildContext
+from chatnt_core.rows_first import rows_first
 from chatnt_hf_decoders.byte_tokenizer import build_byte_tokenizer
 from chatnt_hf_decoders.kv_cache import reserve
-from chatnt_hf_decoders.rows_first import rows_first
 
 BYTES_TOKENIZER = "bytes"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -388,7 +388,9 @@ class HFCausalLM(Decoder):
     def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
         ids = [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False)]
         bos = _as_int(self.tokenizer.bos_token_id)
-        if add_bos and bos is not None:
+        # chat templates that write the BOS themselves (Llama 3's <|begin_of_text|>,
+        # SmolLM2's <|im_start|>) get no second one: the prompt stays the LLM's own
+        if add_bos and bos is not None and ids[:1] != [bos]:
             ids.insert(0, bos)
         return ids
 
@@ -432,7 +434,7 @@ class HFCausalLM(Decoder):
         use_cache: bool = False,
         logits_to_keep: int = 0,
     ) -> DecoderOutput:
-        with rows_first(self.model):
+        with rows_first(self.model, inputs_embeds.shape[0] * inputs_embeds.shape[1]):
             output = self.model(
                 inputs_embeds=inputs_embeds.to(self.model.dtype),
                 attention_mask=self._mask(attention_mask),
