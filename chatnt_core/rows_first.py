@@ -14,7 +14,8 @@ weight                  1 row      8 rows     32 rows      128 rows      512 row
 49152 x 576 (output)    8.5 / 11.4 ms (1)     23.0 / 8.9 ms (8)    31.9 / 22.9 ms (32)
 ======================  =========  =========  ===========  ============  ===========
 
-One row is a matrix-vector product, faster as ``nn.Linear``; so is a result larger than
+One row is a matrix-vector product, faster as ``nn.Linear``; so are more than ``MAX_ROWS``
+rows in a whole model (where the microbenchmark above misleads) and results larger than
 ``MAX_OUTPUT``. The decoder plugin swaps its layers only inside its own calls, without
 autograd (:func:`rows_first`): the transformers model itself, training, and anything
 else that calls it (``generate``) keep the stock layers. LoRA layers folded for decoding
@@ -38,6 +39,10 @@ from torch import nn
 # about 8M elements that copy (and its memory) costs more than the product saves: for the
 # 49,152-wide output layer, 128 rows 64.4 vs 58.5 ms, 256 rows 127 vs 153 ms
 MAX_OUTPUT = 8 * 2**20
+# past about a hundred rows the weights are reused enough for MKL's own kernel: measured
+# in the model (ChatNT.ask_batch, 32 prompts: passes of 480-640 rows) a cap of 128 rows
+# gave 254 ms per record, none 273 ms, and no rows-first at all 256 ms
+MAX_ROWS = 128
 
 
 def enabled() -> bool:
@@ -51,7 +56,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> 
     ``(W @ x.T).T`` when ``x`` has at least 2 rows and the result is at most
     ``MAX_OUTPUT`` elements, on CPU."""
     rows = x.numel() // max(x.shape[-1], 1)
-    small = rows >= 2 and rows * weight.shape[0] <= MAX_OUTPUT
+    small = 2 <= rows <= MAX_ROWS and rows * weight.shape[0] <= MAX_OUTPUT
     if not small or x.dtype != weight.dtype or x.device.type != "cpu" or not enabled():
         return nn.functional.linear(x, weight, bias)
     out = torch.mm(weight, x.reshape(rows, x.shape[-1]).t()).t()  # (N, out)

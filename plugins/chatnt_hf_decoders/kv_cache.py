@@ -2,9 +2,9 @@
 
 transformers' ``DynamicLayer`` concatenates each new key and value onto the cache: every
 decoding step reallocates and copies the whole cache of every layer (at batch 8 on the
-SmolLM2 assembly, about a tenth of a step's time). Answers have a known maximum length,
-so :func:`reserve` copies the prompt's cache once into buffers with that many positions
-to spare; each step then writes its one position and hands attention a view.
+SmolLM2 assembly, about a tenth of a step's time). :func:`reserve` copies the prompt's
+cache once into buffers with room to spare; each step then writes its one position and
+hands attention a view, and the room doubles when an answer outgrows it.
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ class ReservedLayer(DynamicLayer):
 
     ``keys``/``values`` are views of ``key_buffer``/``value_buffer`` (B, H, capacity, d)
     over the first ``length`` positions, so everything in transformers that reads them
-    (sequence length, mask sizes) sees an ordinary dynamic layer. Past the capacity the
-    layer falls back to concatenation rather than fail.
+    (sequence length, mask sizes) sees an ordinary dynamic layer. An answer longer than
+    the room reserved doubles it.
     """
 
     key_buffer: torch.Tensor
     value_buffer: torch.Tensor
-    length: int
+    length: int  # positions filled
+    reserved_from: int  # positions filled when the room was reserved
 
     @classmethod
     def from_layer(cls, layer: DynamicLayer, extra: int) -> ReservedLayer:
@@ -45,7 +46,7 @@ class ReservedLayer(DynamicLayer):
         )
         reserved.key_buffer[:, :, :length] = keys
         reserved.value_buffer[:, :, :length] = values
-        reserved.length = length
+        reserved.length = reserved.reserved_from = length
         reserved._expose()
         return reserved
 
@@ -58,17 +59,24 @@ class ReservedLayer(DynamicLayer):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         new = key_states.shape[-2]
         end = self.length + new
-        if end > self.key_buffer.shape[-2]:  # more than was reserved: grow like DynamicLayer
-            filled = self.length
-            self.key_buffer = torch.cat([self.key_buffer[:, :, :filled], key_states], dim=-2)
-            self.value_buffer = torch.cat([self.value_buffer[:, :, :filled], value_states], dim=-2)
-        else:
-            self.key_buffer[:, :, self.length : end] = key_states
-            self.value_buffer[:, :, self.length : end] = value_states
+        if end > self.key_buffer.shape[-2]:  # more than was reserved: double the room
+            self.key_buffer = self._grown(self.key_buffer, end)
+            self.value_buffer = self._grown(self.value_buffer, end)
+        self.key_buffer[:, :, self.length : end] = key_states
+        self.value_buffer[:, :, self.length : end] = value_states
         self.length = end
         self._expose()
         assert self.keys is not None and self.values is not None
         return self.keys, self.values
+
+    def _grown(self, buffer: torch.Tensor, needed: int) -> torch.Tensor:
+        """A copy of ``buffer``'s filled part with room for at least ``needed`` positions
+        (twice the current room at least, so growing costs O(1) per step amortized)."""
+        batch, heads, capacity, dim = buffer.shape
+        room = max(needed, self.length + 2 * (capacity - self.reserved_from))
+        grown = buffer.new_empty((batch, heads, room, dim))
+        grown[:, :, : self.length] = buffer[:, :, : self.length]
+        return grown
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keep rows ``indices``; the buffers are replaced by indexed copies, so a shallow
