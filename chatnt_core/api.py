@@ -327,7 +327,7 @@ class ChatNT:
             cards, examples, prompt_state=state, greedy=greedy if temperature <= 0 else None
         )
         ids = [greedy.found.get(i, []) for i in range(len(questions))]
-        rest = [i for i in range(len(questions)) if i not in greedy.found or temperature > 0]
+        rest = [i for i in range(len(questions)) if i not in greedy.found]  # all when sampling
         if rest:
             index = torch.tensor(rest, device=batch.input_ids.device)
             rest_state = state if len(rest) == len(questions) else state.rows(index)

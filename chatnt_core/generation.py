@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from chatnt_core.adapter_decoding import lean_adapters, uniform_gate
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
-from chatnt_core.adapter_merge import adapters_folded, uniform_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
 from chatnt_core.errors import PromptTooLongError
 from chatnt_core.prefix_cache import drop_prefix
@@ -206,8 +206,8 @@ def continue_from(
     # room for the answer, written in place (it doubles if the answer outgrows it)
     past = decoder.reserve_cache(state.past, min(limit, RESERVED_ROOM))
     active = torch.arange(input_ids.shape[0], device=input_ids.device)  # (A,) rows decoded
-    # every answer token follows the sequences: one gate per row, adapters folded when uniform
-    with adapters_folded(decoder, uniform_gate(decoder, gate)):
+    # every answer token follows the sequences: one gate per row; lean adapters when uniform
+    with lean_adapters(decoder, uniform_gate(decoder, gate)):
         for step in range(limit):
             token = answers.choose(logits, active)  # (A,)
             if answers.done or step == limit - 1:

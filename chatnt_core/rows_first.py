@@ -18,8 +18,8 @@ One row is a matrix-vector product, faster as ``nn.Linear``; so are more than ``
 rows in a whole model (where the microbenchmark above misleads) and results larger than
 ``MAX_OUTPUT``. The decoder plugin swaps its layers only inside its own calls, without
 autograd (:func:`rows_first`): the transformers model itself, training, and anything
-else that calls it (``generate``) keep the stock layers. LoRA layers folded for decoding
-(``chatnt_core.adapter_merge``) call :func:`linear` directly. The results are the same
+else that calls it (``generate``) keep the stock layers. LoRA layers while decoding
+(``chatnt_core.adapter_decoding``) call :func:`linear` directly. The results are the same
 sums in another order (differences around 1e-6 relative).
 
 Measured on one CPU family only: ``CHATNT_ROWS_FIRST=0`` turns it off, and

@@ -1,5 +1,6 @@
 """The decoding speed-ups change how the numbers are computed, never which numbers:
-rows-first linear layers, the KV cache with room reserved, LoRA folded while decoding."""
+rows-first linear layers, the KV cache with room reserved, LoRA computed directly while
+decoding."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from training_helpers import lora_tiny_model
 from transformers import DynamicCache
 
 from chatnt_core import ChatNTModel
+from chatnt_core.adapter_decoding import lean_adapters, uniform_gate
 from chatnt_core.adapter_gate import adapters_gated
-from chatnt_core.adapter_merge import adapters_folded, uniform_gate
 from chatnt_core.generation import GenerationConfig, generate_ids, select_cache_rows
 from chatnt_core.rows_first import linear, rows_first
 from chatnt_hf_decoders.kv_cache import ReservedLayer, reserve
@@ -117,7 +118,7 @@ def test_rows_selected_from_a_reserved_cache_are_its_own() -> None:
     torch.testing.assert_close(picked.layers[0].keys[:, :, :5], first[1:])
 
 
-# -- LoRA folded while decoding ----------------------------------------------------------
+# -- LoRA computed directly while decoding -------------------------------------------------
 
 
 def _lora_model(active_from: str = "first_sequence") -> ChatNTModel:
@@ -127,7 +128,7 @@ def _lora_model(active_from: str = "first_sequence") -> ChatNTModel:
 
 @pytest.mark.parametrize("gate_value", [1.0, 0.0])
 @torch.no_grad()
-def test_folded_adapters_compute_what_the_gated_ones_do(gate_value: float) -> None:
+def test_lean_adapters_compute_what_the_gated_ones_do(gate_value: float) -> None:
     model = _lora_model()
     decoder = model.decoder
     torch.manual_seed(3)
@@ -139,8 +140,8 @@ def test_folded_adapters_compute_what_the_gated_ones_do(gate_value: float) -> No
     gate = torch.full((2, 1), gate_value)
     with adapters_gated(decoder, gate):
         gated = decoder(embeds, mask, positions, select_cache_rows(past, torch.arange(2)), True)
-    with adapters_folded(decoder, uniform_gate(decoder, gate)) as folded:
-        assert folded
+    with lean_adapters(decoder, uniform_gate(decoder, gate)) as lean:
+        assert lean
         fast = decoder(embeds, mask, positions, select_cache_rows(past, torch.arange(2)), True)
     torch.testing.assert_close(fast.logits, gated.logits, atol=1e-5, rtol=1e-5)
     after = [p for n, p in decoder.named_parameters() if "base_layer" in n]
@@ -148,17 +149,17 @@ def test_folded_adapters_compute_what_the_gated_ones_do(gate_value: float) -> No
     assert not any("forward" in m.__dict__ for m in decoder.modules() if hasattr(m, "lora_A"))
 
 
-def test_mixed_gates_are_not_folded() -> None:
+def test_mixed_gates_keep_peft() -> None:
     model = _lora_model()
     gate = torch.tensor([[1.0], [0.0]])
     assert uniform_gate(model.decoder, gate) is None
-    with adapters_folded(model.decoder, None) as folded:
-        assert not folded
+    with lean_adapters(model.decoder, None) as lean:
+        assert not lean
     assert uniform_gate(_lora_model("start").decoder, gate) == 1.0  # ungated: always on
 
 
-def test_generation_with_folded_adapters_matches_full_recompute() -> None:
-    """A batch of two rows with sequences (folded) and a mixed batch (not folded): each
+def test_generation_with_lean_adapters_matches_full_recompute() -> None:
+    """A batch of two rows with sequences (lean adapters) and a mixed batch (peft): each
     gives the tokens of the released code's way, the whole prompt again per token."""
     model = _lora_model()
     questions = ["Is there a TATA box in @p.fna?", "What does @p.fna contain?", "Hello there"]
