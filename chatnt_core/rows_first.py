@@ -29,6 +29,7 @@ Measured on one CPU family only: ``CHATNT_ROWS_FIRST=0`` turns it off, and
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -69,6 +70,20 @@ def _forward_of(layer: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda x: linear(x, layer.weight, layer.bias)
 
 
+# walking a peft-wrapped decoder's modules takes ~5 ms, as long as a tenth of a decoding
+# step: the layers are listed once per model object (wrapping it in LoRA makes a new one)
+_LAYERS: weakref.WeakKeyDictionary[nn.Module, list[nn.Linear]] = weakref.WeakKeyDictionary()
+
+
+def _linear_layers(model: nn.Module) -> list[nn.Linear]:
+    """The plain ``nn.Linear`` layers of ``model`` on CPU (listed once per model)."""
+    layers = _LAYERS.get(model)
+    if layers is None:
+        layers = [m for m in model.modules() if type(m) is nn.Linear]
+        _LAYERS[model] = layers
+    return [m for m in layers if m.weight.device.type == "cpu"]
+
+
 @contextmanager
 def rows_first(model: nn.Module, rows: int) -> Iterator[None]:
     """Within the block, every plain ``nn.Linear`` of ``model`` (on CPU) computes
@@ -77,11 +92,7 @@ def rows_first(model: nn.Module, rows: int) -> Iterator[None]:
     if torch.is_grad_enabled() or rows < 2 or not enabled():
         yield
         return
-    layers = [
-        m
-        for m in model.modules()
-        if type(m) is nn.Linear and m.weight.device.type == "cpu" and "forward" not in m.__dict__
-    ]
+    layers = [m for m in _linear_layers(model) if "forward" not in m.__dict__]
     for layer in layers:
         layer.forward = _forward_of(layer)  # type: ignore[method-assign,assignment]
     try:
