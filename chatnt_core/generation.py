@@ -9,6 +9,9 @@ Rows are left-padded; positions come from the attention mask, and the mask grows
 column per step. A row that has emitted a stop token is fed padding (its output is cut
 at the stop) until a quarter of the rows still decoded have stopped; then the stopped
 rows leave the batch and its KV cache, so long answers do not make short ones pay.
+What a step costs, and why it is cheaper than ``transformers``' own loop (a KV cache with
+room reserved, rows-first linear layers, LoRA as plain products): docs/architecture.md,
+"A decoding step".
 """
 
 from __future__ import annotations
@@ -193,7 +196,9 @@ def continue_from(
     input_ids: torch.Tensor,
     config: GenerationConfig | None = None,
 ) -> list[list[int]]:
-    """New token ids per row, decoded against the KV cache of ``state`` (which grows).
+    """New token ids per row, decoded from ``state``. Decoders that reserve room in a
+    copy of the cache (``Decoder.reserve_cache``; the HF plugin does) leave ``state``'s
+    cache as it was; with others it grows.
 
     ``input_ids`` (B, T) are the prompts ``state`` was computed from (their placeholders
     say where the gated adapters act; their width is the prompt length)."""
