@@ -286,6 +286,7 @@ class ChatNT:
             seed=seed,
         )[0]
 
+    @torch.no_grad()  # an answer must not keep the projection's graph (it doubled memory)
     def ask_batch(
         self,
         questions: Sequence[str],
@@ -299,18 +300,6 @@ class ChatNT:
         """``ask`` for many questions at once: one prompt pass for the batch, one scoring
         pass per group of questions sharing a card and tags, then generation for the rows
         whose greedy answer the scoring did not already decode (see ``GreedyAnswers``)."""
-        with torch.no_grad():
-            return self._ask_batch(questions, sequences, task, max_new_tokens, temperature, seed)
-
-    def _ask_batch(
-        self,
-        questions: Sequence[str],
-        sequences: Sequence[Sequences],
-        task: str | TaskCard | None,
-        max_new_tokens: int,
-        temperature: float,
-        seed: int | None,
-    ) -> list[Answer]:
         batch = self.model.prompt_batch(questions, sequences)
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         limit = generation_room(self.model, batch.input_ids.shape[1], config)
