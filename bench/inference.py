@@ -1,24 +1,29 @@
 """Benchmark: inference speed on the SmolLM2 assembly, ours vs the loops a user could write.
 
-Not a test: it prints one table. The assembly is the quickstart's model section
+Not a test: it prints tables. The assembly is the quickstart's model section
 (``registry/training/quickstart.yaml``: frozen SmolLM2-135M-Instruct from the model store,
-motif-cnn encoder, English-aware Perceiver K = 8), from ``--checkpoint`` (e.g. the one
-``chatnt quickstart`` leaves) or untrained (speed does not depend on training; the
-untrained model is saved as a checkpoint for the ``chatnt batch`` rows).
+motif-cnn encoder, English-aware Perceiver K = 8), untrained and, with ``--checkpoint``
+(e.g. the one ``chatnt quickstart`` leaves), trained.
 
 Generation, the same merged prompt embeddings for every method (one 200 bp sequence per
-prompt, the demo's CTCF question; ``--new-tokens`` tokens per row, EOS ignored so every
-method does the same work):
+prompt, the demo's CTCF question), at each batch size:
 
-* ours: ``generation.generate_ids`` (KV cache with the answer's room reserved,
-  shared-prefix cache, logits at the last position only, rows-first linear layers;
-  ``CHATNT_ROWS_FIRST=0`` to compare without them);
-* ``transformers``' ``generate(inputs_embeds=..., attention_mask=...)`` on the same decoder;
+* ours: ``generation.generate_ids`` as ``ChatNT.generate`` calls it (KV cache with the
+  answer's room reserved, shared-prefix cache, logits where used, rows-first linear
+  layers, drafts from n-gram lookup in the prompt, the answer so far and the card's
+  phrasings; ``CHATNT_ROWS_FIRST=0`` to compare without rows-first);
+* ours with no drafts (``draft_tokens=0``), to show what drafting adds;
+* ``transformers``' ``generate(inputs_embeds=..., attention_mask=...)`` on the same decoder,
+  its LoRA adapters gated as ours are (``gated_like_ours``);
 * full recompute, as the released ChatNT code does (``use_cache=False``); it is slow, so it
   runs ``--recompute-tokens`` tokens per row (its rate falls as the answer grows, so this
   flatters it).
 
-The first ten tokens of every row must agree between ours and ``generate`` (printed).
+Two workloads. Untrained: SmolLM2 continues in its own English (it cannot read the
+sequences yet), ``--new-tokens`` per row with EOS ignored, so every method does the same
+work; the first ten tokens of every row must agree. Trained (``--checkpoint``): the task
+answers a user gets ("No, @seq1 does not contain a CTCF motif."), each to its EOS; the
+answers must be identical, and tokens/s counts answer tokens.
 
 ``chatnt batch`` (subprocess, as a user runs it): records/s over the whole command
 (loading included) and over the answering alone (the bar's own time), and peak resident
@@ -38,6 +43,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -83,48 +91,103 @@ def _timed(fn: Any, repeats: int) -> tuple[float, Any]:
     return best, result
 
 
+@contextmanager
+def gated_like_ours(model: ChatNTModel, batch: Any) -> Iterator[None]:
+    """LoRA adapters gated inside ``transformers``' ``generate`` as our loop gates them:
+    from the first placeholder on over the prompt, and for every new token of a row with
+    a sequence. Ungated, ``generate`` would run the adapters nowhere (a different model)."""
+    from chatnt_core.adapter_gate import gate_of, placeholder_gate, row_gate
+
+    gate = gate_of(model.decoder)
+    if gate is None:
+        yield
+        return
+    ids, placeholder = batch.input_ids, model.decoder.placeholder_token_id
+    over_prompt, per_row = placeholder_gate(ids, placeholder), row_gate(ids, placeholder)
+
+    def set_gate(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        width = kwargs["inputs_embeds" if kwargs.get("inputs_embeds") is not None else "input_ids"]
+        gate.value = over_prompt if width.shape[1] == ids.shape[1] else per_row
+
+    hf: Any = model.decoder.model
+    inner = hf.get_base_model() if hasattr(hf, "get_base_model") else hf  # peft: generate runs it
+    handle = inner.register_forward_pre_hook(set_gate, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        gate.value = None
+
+
 def generation_row(
-    model: ChatNTModel,
+    chatnt: ChatNT,
     size: int,
     new_tokens: int,
     recompute_tokens: int,
     rng: random.Random,
+    to_eos: bool,
     repeats: int = 4,
 ) -> str:
-    """One table row: tokens/s of the three methods at batch ``size``."""
+    """One table row: tokens/s of the methods at batch ``size``. ``to_eos``: answers end
+    at EOS (tokens counted up to it), else every row runs ``new_tokens`` tokens."""
+    model = chatnt.model
     decoder = model.decoder
     hf: Any = decoder.model  # the transformers model inside the plugin
     sequences = [{"seq.fna": _dna(200, rng)} for _ in range(size)]
     batch = model.prompt_batch([QUESTION] * size, sequences)
-    forced = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
-    recompute = GenerationConfig(max_new_tokens=recompute_tokens, ignore_eos=True, use_cache=False)
+    # what ChatNT.generate passes: the matched card's phrasings, to draft from
+    references = chatnt.draft_references(
+        batch, [QUESTION] * size, [chatnt.find_task(QUESTION).card] * size
+    )
+    ours_config = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=not to_eos)
+    undrafted = replace(ours_config, draft_tokens=0)
+    recompute = replace(ours_config, max_new_tokens=recompute_tokens, use_cache=False)
 
-    def hf_generate() -> torch.Tensor:
-        with torch.no_grad():
-            return hf.generate(
+    def ours() -> list[list[int]]:
+        return generate_ids(model, batch, ours_config, references=references)
+
+    def hf_generate() -> list[list[int]]:
+        with torch.no_grad(), gated_like_ours(model, batch):
+            out = hf.generate(
                 inputs_embeds=model.embed_prompt(batch),
                 attention_mask=batch.attention_mask.long(),
                 max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
+                min_new_tokens=1 if to_eos else new_tokens,
                 do_sample=False,
                 pad_token_id=decoder.pad_token_id,
+                eos_token_id=decoder.eos_token_id,
             )
+        rows = out.tolist()
+        return [
+            r[: r.index(decoder.eos_token_id)] if to_eos and decoder.eos_token_id in r else r
+            for r in rows
+        ]
 
     # interleaved, best of ``repeats`` each: a noisy machine slows both alike
-    generate_ids(model, batch, forced), hf_generate()  # warm-up
-    ours_s = hf_s = float("inf")
+    methods = {
+        "ours": ours,
+        "undrafted": lambda: generate_ids(model, batch, undrafted),
+        "generate": hf_generate,
+    }
+    best = dict.fromkeys(methods, float("inf"))
+    results = {name: fn() for name, fn in methods.items()}  # warm-up
     for _ in range(repeats):
-        ours_one, ours = _timed(lambda: generate_ids(model, batch, forced), 0)
-        hf_one, theirs = _timed(hf_generate, 0)
-        ours_s, hf_s = min(ours_s, ours_one), min(hf_s, hf_one)
+        for name, fn in methods.items():
+            seconds, results[name] = _timed(fn, 0)
+            best[name] = min(best[name], seconds)
     re_s, _ = _timed(lambda: generate_ids(model, batch, recompute), 0)
-    same = all(row[:10] == theirs[i, :10].tolist() for i, row in enumerate(ours))
-    ours_rate = size * new_tokens / ours_s
-    hf_rate = size * new_tokens / hf_s
+    assert results["ours"] == results["undrafted"], "drafting changed the greedy tokens"
+    if to_eos:  # whole answers, which must be the same
+        same = results["ours"] == results["generate"]
+    else:
+        same = all(a[:10] == b[:10] for a, b in zip(results["ours"], results["generate"]))
+    tokens = sum(len(row) for row in results["ours"])
+    rate = {name: tokens / seconds for name, seconds in best.items()}
     re_rate = size * recompute_tokens / re_s
     return (
-        f"{size:>5} {ours_rate:>11.1f} {hf_rate:>15.1f} {re_rate:>16.1f} "
-        f"{ours_rate / hf_rate:>13.2f}x {ours_rate / re_rate:>14.1f}x {same!s:>15}"
+        f"{size:>5} {rate['ours']:>11.1f} {rate['undrafted']:>15.1f} {rate['generate']:>15.1f} "
+        f"{re_rate:>16.1f} {rate['ours'] / rate['generate']:>13.2f}x "
+        f"{rate['ours'] / re_rate:>14.1f}x {same!s:>13}"
     )
 
 
@@ -150,14 +213,21 @@ def bf16_line(model: ChatNTModel, size: int, new_tokens: int) -> str:
 
 
 def generation_rows(
-    model: ChatNTModel, batch_sizes: list[int], new_tokens: int, recompute_tokens: int
+    chatnt: ChatNT,
+    batch_sizes: list[int],
+    new_tokens: int,
+    recompute_tokens: int,
+    to_eos: bool,
 ) -> list[str]:
     rng = random.Random(0)
     header = (
-        f"{'batch':>5} {'ours tok/s':>11} {'generate tok/s':>15} {'recompute tok/s':>16} "
-        f"{'ours/generate':>14} {'ours/recompute':>15} {'same 10 tokens':>15}"
+        f"{'batch':>5} {'ours tok/s':>11} {'no drafts tok/s':>15} {'generate tok/s':>15} "
+        f"{'recompute tok/s':>16} {'ours/generate':>14} {'ours/recompute':>15} "
+        f"{'same answers' if to_eos else 'same 10 tokens':>14}"
     )
-    rows = [generation_row(model, n, new_tokens, recompute_tokens, rng) for n in batch_sizes]
+    rows = [
+        generation_row(chatnt, n, new_tokens, recompute_tokens, rng, to_eos) for n in batch_sizes
+    ]
     return [header, *rows]
 
 
@@ -276,19 +346,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         untrained = untrained_checkpoint(Path(tmp))
         checkpoint = args.checkpoint or untrained
-        # generation rows: the untrained assembly (no LoRA adapters, which transformers'
-        # generate would run ungated), so both loops compute the same function
-        model = ChatNT.from_pretrained(untrained).model.eval()
+        untrained_chatnt = ChatNT.from_pretrained(untrained)
         chatnt = ChatNT.from_pretrained(checkpoint)
         print(f"assembly: {checkpoint} ({args.threads} threads, float32)")
-        print(f"\ngeneration ({args.new_tokens} new tokens; recompute {args.recompute_tokens})")
+        print(
+            f"\ngeneration, untrained assembly (SmolLM2's own English; {args.new_tokens} new "
+            f"tokens, EOS ignored; recompute {args.recompute_tokens})"
+        )
         for line in generation_rows(
-            model, args.batch_sizes, args.new_tokens, args.recompute_tokens
+            untrained_chatnt, args.batch_sizes, args.new_tokens, args.recompute_tokens, False
         ):
             print(line)
-        print(bf16_line(model, 8, min(args.new_tokens, 10)))  # bf16 is slow on CPUs: 10 tokens
+        if args.checkpoint is not None:
+            print(
+                f"\ngeneration, {checkpoint}: task answers (to EOS, at most {args.new_tokens} "
+                "tokens; tokens/s counts answer tokens)"
+            )
+            for line in generation_rows(
+                chatnt, args.batch_sizes, args.new_tokens, args.recompute_tokens, True
+            ):
+                print(line)
+        print(bf16_line(untrained_chatnt.model, 8, min(args.new_tokens, 10)))  # bf16: slow
         print()
-        del model
+        del untrained_chatnt
         for line in classifier_rows(chatnt, 64):
             print(line)
         del chatnt

@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from chatnt_core.batching import Example
+from chatnt_core.batching import Example, ModelBatch
 from chatnt_core.calibration import class_probabilities
 from chatnt_core.conversation import ChatSession
+from chatnt_core.drafting import card_references
 from chatnt_core.errors import ChatNTError
 from chatnt_core.generation import (
     GenerationConfig,
@@ -260,9 +261,29 @@ class ChatNT:
             seed=seed,
             stop_token_ids=tuple(stop_token_ids),
         )
-        ids = generate_ids(self.model, batch, config)
+        cards = [self.find_task(question).card for question in questions]
+        references = self.draft_references(batch, questions, cards)
+        ids = generate_ids(self.model, batch, config, references=references)
         texts = self.model.answer_texts(batch, ids)
         return [_cut_at_stop(text, stops).strip() for text in texts]
+
+    def draft_references(
+        self, batch: ModelBatch, questions: Sequence[str], cards: Sequence[TaskCard | None]
+    ) -> list[list[list[int]]]:
+        """Per row, its card's answer phrasings as the decoder would write them (tags as
+        the prompt shows them), token lists for drafting (``chatnt_core.drafting``)."""
+        references: list[list[list[int]]] = []
+        for row, (question, card) in enumerate(zip(questions, cards)):
+            if card is None:
+                references.append([])
+                continue
+            shown = {
+                user: alias
+                for alias, user in (batch.user_names or [{}] * len(questions))[row].items()
+            }
+            tags = [shown.get(tag, tag) for tag in dict.fromkeys(find_tags(question))]
+            references.append(card_references(card, tags, self.model.decoder.tokenize))
+        return references
 
     # ---- answers -----------------------------------------------------------------------
 
@@ -320,7 +341,14 @@ class ChatNT:
         if rest:
             index = torch.tensor(rest, device=batch.input_ids.device)
             rest_state = state if len(rest) == len(questions) else state.rows(index)
-            decoded = continue_from(self.model, rest_state, batch.input_ids[index], config)
+            references = self.draft_references(batch, questions, cards)
+            decoded = continue_from(
+                self.model,
+                rest_state,
+                batch.input_ids[index],
+                config,
+                [references[i] for i in rest],
+            )
             for i, row in zip(rest, decoded):
                 ids[i] = row
         texts = [text.strip() for text in self.model.answer_texts(batch, ids)]

@@ -17,7 +17,7 @@ room reserved, rows-first linear layers, LoRA as plain products): docs/architect
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ import torch
 from chatnt_core.adapter_decoding import lean_adapters, uniform_gate
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
+from chatnt_core.drafting import Acceptance, NgramDrafter
 from chatnt_core.errors import PromptTooLongError
 from chatnt_core.prefix_cache import drop_prefix
 
@@ -42,6 +43,7 @@ class GenerationConfig:
     seed: int | None = None  # for temperature sampling
     stop_token_ids: tuple[int, ...] = ()  # in addition to the decoder's EOS
     ignore_eos: bool = False  # run to max_new_tokens (benchmarks); stop_token_ids still stop
+    draft_tokens: int = 4  # most tokens guessed per row and step (greedy only; 0: none)
 
 
 @dataclass
@@ -150,43 +152,84 @@ RESERVED_ROOM = 32
 
 
 class _Answers:
-    """The tokens chosen step by step for every row, and which rows have stopped."""
+    """The tokens chosen for every row so far, and which rows are complete (a stop token
+    was chosen, or the row has ``limit`` tokens)."""
 
-    def __init__(self, model: ChatNTModel, config: GenerationConfig, rows: int, device: Any):
+    def __init__(
+        self, model: ChatNTModel, config: GenerationConfig, rows: int, limit: int, device: Any
+    ):
         self.temperature = config.temperature
-        self.pad = model.decoder.pad_token_id
-        self.stops = torch.tensor(stop_token_ids(model, config), dtype=torch.long, device=device)
+        self.stops = set(stop_token_ids(model, config))
+        self.limit = limit
         self.generator = None
         if config.temperature > 0 and config.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
-        self.produced: list[torch.Tensor] = []
-        self.rows = rows
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]  # stop tokens left out
+        self.finished = [False] * rows
 
-    def choose(self, logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """(A, V) last-position logits of the still decoded ``rows`` (A,) -> (A,) next
-        tokens (padding for rows that have stopped)."""
-        token = _next_tokens(logits, self.temperature, self.generator)
-        token = torch.where(self.finished[rows], torch.full_like(token, self.pad), token)
-        step = torch.full((self.rows,), self.pad, dtype=torch.long, device=token.device)
-        step[rows] = token
-        self.produced.append(step)
-        self.finished[rows] |= torch.isin(token, self.stops)
-        return token
+    def pick(self, logits: torch.Tensor) -> list[int]:
+        """(A, V) next-token logits -> A token ids (greedy, or sampled)."""
+        return _next_tokens(logits, self.temperature, self.generator).tolist()
+
+    def add(self, row: int, tokens: Sequence[int]) -> list[int]:
+        """Append ``tokens`` to ``row`` up to its first stop token or its limit; returns the
+        tokens appended (nothing once the row is complete)."""
+        kept: list[int] = []
+        for token in tokens:
+            if self.finished[row]:
+                break
+            if token in self.stops:
+                self.finished[row] = True
+                break
+            kept.append(token)
+            self.tokens[row].append(token)
+            self.finished[row] = len(self.tokens[row]) >= self.limit
+        return kept
+
+    def room(self, row: int) -> int:
+        return self.limit - len(self.tokens[row])
 
     @property
     def done(self) -> bool:
-        return bool(self.finished.all())
+        return all(self.finished)
 
     def ids(self) -> list[list[int]]:
-        """New token ids per row, cut before the first stop token."""
-        tokens = torch.stack(self.produced, dim=1).tolist() if self.produced else []
-        stop_set = set(self.stops.tolist())
-        answers: list[list[int]] = []
-        for row in tokens or [[] for _ in range(self.rows)]:
-            cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
-            answers.append(row[:cut])
-        return answers
+        """New token ids per row, stop token excluded."""
+        return [list(row) for row in self.tokens]
+
+
+def _drafters(
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    references: Sequence[Sequence[Sequence[int]]] | None,
+) -> list[NgramDrafter]:
+    """One n-gram drafter per row over its prompt ids (padding left out: ``mask``'s last
+    T columns are the prompt's) and its reference texts."""
+    prompt_mask = mask[:, -input_ids.shape[1] :].bool()
+    return [
+        NgramDrafter(ids[keep].tolist(), references[r] if references else ())
+        for r, (ids, keep) in enumerate(zip(input_ids, prompt_mask))
+    ]
+
+
+def _attention_grid(mask: torch.Tensor, fed: int) -> torch.Tensor:
+    """(B, L) padding mask whose last ``fed`` columns are a step's tokens -> the
+    (B, 1, fed, L) bool grid it implies (causal among those tokens). Built here it is a
+    few comparisons; transformers builds it from the padding mask in Python every step."""
+    length = mask.shape[1]
+    keys = torch.arange(length, device=mask.device)  # (L,)
+    queries = torch.arange(length - fed, length, device=mask.device)  # (fed,)
+    causal = keys[None, :] <= queries[:, None]  # (fed, L)
+    return (mask.bool()[:, None, :] & causal[None])[:, None]
+
+
+def _accepted(fed: Sequence[int], choices: Sequence[int]) -> int:
+    """How many drafted tokens (``fed[1:]``) agree with the decoder's own greedy picks
+    (``choices[j]`` follows ``fed[j]``), stopping at the first that does not."""
+    count = 0
+    while count + 1 < len(fed) and fed[count + 1] == choices[count]:
+        count += 1
+    return count
 
 
 @torch.no_grad()
@@ -195,47 +238,100 @@ def continue_from(
     state: PromptState,
     input_ids: torch.Tensor,
     config: GenerationConfig | None = None,
+    references: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> list[list[int]]:
     """New token ids per row, decoded from ``state``. Decoders that reserve room in a
     copy of the cache (``Decoder.reserve_cache``; the HF plugin does) leave ``state``'s
     cache as it was; with others it grows.
 
     ``input_ids`` (B, T) are the prompts ``state`` was computed from (their placeholders
-    say where the gated adapters act; their width is the prompt length)."""
+    say where the gated adapters act; their width is the prompt length). Greedy decoding
+    drafts up to ``config.draft_tokens`` tokens per row and step by n-gram lookup in the
+    row's prompt, its answer so far and ``references[row]`` (token lists likely to be
+    copied, such as a task card's phrasings; ``chatnt_core.drafting``): one step feeds
+    each row's next token and its draft, and keeps the draft's longest prefix that the
+    decoder itself would have picked. The tokens are those of plain greedy decoding.
+    """
     config = config or GenerationConfig()
     decoder = model.decoder
     limit = generation_room(model, input_ids.shape[1], config)
-    answers = _Answers(model, config, input_ids.shape[0], input_ids.device)
+    answers = _Answers(model, config, input_ids.shape[0], limit, state.logits.device)
+    drafting = config.temperature <= 0 and config.draft_tokens > 0
+    drafters = _drafters(input_ids, state.mask, references) if drafting else []
+    acceptance = Acceptance()
     gate = row_gate(input_ids, decoder.placeholder_token_id)  # (A, 1)
-    logits, mask, positions = state.logits, state.mask, state.next_positions
+    mask, positions = state.mask, state.next_positions  # (A, L), (A, 1)
+    tokens = answers.pick(state.logits)  # (A,) each row's next token, not yet fed
+    for row, token in enumerate(tokens):
+        if drafting:
+            drafters[row].extend(answers.add(row, [token]))
+        else:
+            answers.add(row, [token])
+    if answers.done:
+        return answers.ids()
     # room for the answer, written in place (it doubles if the answer outgrows it)
     past = decoder.reserve_cache(state.past, min(limit, RESERVED_ROOM))
-    active = torch.arange(input_ids.shape[0], device=input_ids.device)  # (A,) rows decoded
+    active = list(range(input_ids.shape[0]))  # rows decoded
     # every answer token follows the sequences: one gate per row; lean adapters when uniform
     with lean_adapters(decoder, uniform_gate(decoder, gate)):
-        for step in range(limit):
-            token = answers.choose(logits, active)  # (A,)
-            if answers.done or step == limit - 1:
-                break
-            running = ~answers.finished[active]  # (A,)
-            if int(running.sum()) <= COMPACT_AT * len(active):
-                # rows that have stopped leave the batch (their cache rows too)
-                keep = running.nonzero()[:, 0]
-                past = select_cache_rows(past, keep)
-                mask, positions, gate = mask[keep], positions[keep], gate[keep]
-                token, active = token[keep], active[keep]
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        while not answers.done:
+            running = [not answers.finished[row] for row in active]
+            if sum(running) <= COMPACT_AT * len(active):
+                # rows that are complete leave the batch (their cache rows too)
+                keep = [i for i, run in enumerate(running) if run]
+                index = torch.tensor(keep, device=mask.device)
+                past = select_cache_rows(past, index)
+                mask, positions, gate = mask[index], positions[index], gate[index]
+                active, tokens = [active[i] for i in keep], [tokens[i] for i in keep]
+                running = [True] * len(keep)
+            drafts = [
+                drafters[row].draft(min(config.draft_tokens, answers.room(row) - 1))
+                if drafting and run
+                else ([], 0)
+                for row, run in zip(active, running)
+            ]
+            width = acceptance.width(
+                [draft for draft, run in zip(drafts, running) if run], config.draft_tokens
+            )
+            # each row feeds its next token and ``width`` draft tokens (padded): (A, 1 + width)
+            fed = [
+                [token, *(draft[:width] + [decoder.pad_token_id] * width)[:width]]
+                for token, (draft, _) in zip(tokens, drafts)
+            ]
+            fed_ids = torch.tensor(fed, dtype=torch.long, device=mask.device)
+            mask = torch.cat([mask, mask.new_ones((len(active), 1 + width))], dim=1)
+            step_positions = positions + torch.arange(1 + width, device=positions.device)
+            # padding or rejected drafts in the mask: hand the decoder its grid, if it takes one
+            holes = decoder.supports_tree_attention and not bool(mask.all())
             with adapters_gated(decoder, gate):
                 out = decoder(
-                    decoder.embed_tokens(token[:, None]),  # (A, 1, D)
-                    mask,
-                    positions,
+                    decoder.embed_tokens(fed_ids),  # (A, 1 + width, D)
+                    _attention_grid(mask, 1 + width) if holes else mask,
+                    step_positions,
                     past_key_values=past,
                     use_cache=True,
-                    logits_to_keep=1,
+                    logits_to_keep=1 + width,
                 )
-            past, positions = out.past_key_values, positions + 1  # positions: (A, 1)
-            logits = out.logits[:, -1]
+            past = out.past_key_values
+            if width == 0:
+                choices = [[token] for token in answers.pick(out.logits[:, -1])]
+            else:
+                choices = out.logits.argmax(dim=-1).tolist()  # (A, 1 + width) greedy picks
+            kept_counts = []
+            for i, row in enumerate(active):
+                accepted = _accepted(fed[i][: 1 + len(drafts[i][0])], choices[i])
+                acceptance.record(drafts[i][1], min(width, len(drafts[i][0])), accepted)
+                new = answers.add(row, [*fed[i][1 : 1 + accepted], choices[i][accepted]])
+                if drafting:
+                    drafters[row].extend(new)
+                tokens[i] = choices[i][accepted]
+                kept_counts.append(accepted)
+            kept = torch.tensor(kept_counts, device=mask.device)[:, None]  # (A, 1)
+            if width > 0:
+                # the rejected drafts stay in the cache, masked out from now on
+                offsets = torch.arange(1 + width, device=mask.device)[None]
+                mask[:, -(1 + width) :] = (offsets <= kept).to(mask.dtype)
+            positions = positions + kept + 1
     return answers.ids()
 
 
@@ -246,11 +342,13 @@ def generate_ids(
     config: GenerationConfig | None = None,
     cache: EncodingCache | None = None,
     on_prompt: Callable[[PromptState], None] | None = None,
+    references: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> list[list[int]]:
     """New token ids per row, stop token excluded.
 
     ``on_prompt`` sees the decoder's state after the prompt, before any answer token
-    changes it (to keep a copy of it, for instance)."""
+    changes it (to keep a copy of it, for instance). ``references``: per row, token lists
+    the answer may copy, for drafting (see ``continue_from``)."""
     config = config or GenerationConfig()
     limit = generation_room(model, batch.input_ids.shape[1], config)
     embeds = model.embed_prompt(batch, cache)  # (B, T, D)
@@ -258,21 +356,23 @@ def generate_ids(
         state = run_prompt(model, batch, embeds)
         if on_prompt is not None:
             on_prompt(state)
-        return continue_from(model, state, batch.input_ids, config)
+        return continue_from(model, state, batch.input_ids, config, references)
     # the released ChatNT's way: the whole prompt and answer so far, again for every token
     decoder = model.decoder
-    answers = _Answers(model, config, embeds.shape[0], embeds.device)
-    all_rows = torch.arange(embeds.shape[0], device=embeds.device)
+    answers = _Answers(model, config, embeds.shape[0], limit, embeds.device)
     mask = batch.attention_mask  # (B, T)
     gate = placeholder_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, T)
     new_gate = row_gate(batch.input_ids, decoder.placeholder_token_id)  # (B, 1)
-    for step in range(limit):
+    while True:
         with adapters_gated(decoder, gate):
             out = decoder(embeds, mask, position_ids_from_mask(mask), logits_to_keep=1)
-        token = answers.choose(out.logits[:, -1], all_rows)  # (B,)
-        if answers.done or step == limit - 1:
+        tokens = answers.pick(out.logits[:, -1])  # (B,)
+        for row, token in enumerate(tokens):
+            answers.add(row, [token])
+        if answers.done:
             break
-        embeds = torch.cat([embeds, decoder.embed_tokens(token[:, None]).to(embeds.dtype)], dim=1)
+        token_ids = torch.tensor(tokens, device=embeds.device)[:, None]  # (B, 1)
+        embeds = torch.cat([embeds, decoder.embed_tokens(token_ids).to(embeds.dtype)], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         gate = torch.cat([gate, new_gate], dim=1)
     return answers.ids()

@@ -1,0 +1,157 @@
+"""Draft tokens for draft-and-verify decoding: n-gram lookup in what a row has already read.
+
+Answers about sequences copy a lot: the tag from the question, the factor name, the task
+card's own phrasings ("No, @a.fna does not contain a CTCF motif."). A decoding step on a
+small batch reads every weight once whatever the number of tokens it feeds, so feeding a
+row's next token together with a guess of the few after it costs little more than feeding
+the token alone; the decoder then checks the guess and keeps its longest correct part
+(``chatnt_core.generation``). The guess here is the lookup the literature calls prompt
+lookup decoding: find the row's last n tokens earlier in its context (the prompt, the
+answer so far, then any reference texts such as the card's phrasings) and propose what
+followed them there. No draft model, no training; a wrong guess costs only its share of
+one step, and greedy answers come out identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chatnt_core.data.tasks import TaskCard
+
+# longest n-gram matched; shorter ones are tried when it finds nothing
+MAX_NGRAM = 3
+# draft source: a reference text (the n-gram lengths 1..MAX_NGRAM name own-context matches)
+REFERENCE = MAX_NGRAM + 1
+
+
+class NgramDrafter:
+    """Draft continuations for one row by n-gram lookup in its own tokens and references.
+
+    ``context`` is what the row has read (its prompt ids, padding excluded) and grows with
+    every accepted token (:meth:`extend`). ``references`` are token lists that are likely
+    continuations (a task card's answer phrasings). The longest n-gram that matches
+    anywhere wins; at one length a reference match beats the row's own, since it predicts
+    the answer's own wording. Lookups are dictionary reads: each n-gram maps to the
+    position after its latest occurrence (its first, in the references).
+    """
+
+    def __init__(
+        self,
+        context: Sequence[int],
+        references: Sequence[Sequence[int]] = (),
+        max_ngram: int = MAX_NGRAM,
+    ) -> None:
+        self.max_ngram = max_ngram
+        self.tokens: list[int] = []
+        self.index: dict[tuple[int, ...], int] = {}  # n-gram -> position after it in tokens
+        self.references = [list(r) for r in references]
+        self.reference_index: dict[tuple[int, ...], tuple[int, int]] = {}
+        for which, ref in enumerate(self.references):
+            for end in range(1, len(ref)):  # n-grams followed by at least one token
+                for n in range(1, min(max_ngram, end) + 1):
+                    self.reference_index.setdefault(tuple(ref[end - n : end]), (which, end))
+        self.extend(context)
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Append tokens the row has read (accepted answer tokens)."""
+        for token in tokens:
+            end = len(self.tokens)  # the n-grams ending just before ``token`` now have a successor
+            for n in range(1, min(self.max_ngram, end) + 1):
+                self.index[tuple(self.tokens[end - n : end])] = end
+            self.tokens.append(token)
+
+    def draft(self, limit: int) -> tuple[list[int], int]:
+        """Up to ``limit`` tokens likely to follow the row's tokens (possibly none), and
+        where they come from: ``REFERENCE``, or the length n of the n-gram matched in the
+        row's own tokens (0 with no draft)."""
+        if limit < 1 or not self.tokens:
+            return [], 0
+        for n in range(min(self.max_ngram, len(self.tokens)), 0, -1):
+            key = tuple(self.tokens[-n:])
+            found = self.reference_index.get(key)
+            if found is not None:
+                which, start = found
+                return self.references[which][start : start + limit], REFERENCE
+            start_own = self.index.get(key)
+            if start_own is not None:
+                return self.tokens[start_own : start_own + limit], n
+        return [], 0
+
+
+# Before any draft of a kind was checked, its tokens are assumed accepted at these rates
+# (per token, given the previous one was): the card's phrasings and long matches are
+# fair guesses, a single repeated token is a poor one (in free English text, 1 in 8).
+# Each counts as PRIOR_WEIGHT checks, so a call's own record soon outweighs it.
+PRIOR_ACCEPTANCE = {REFERENCE: 0.6, 3: 0.4, 2: 0.25, 1: 0.1}
+PRIOR_WEIGHT = 3.0
+# How many fed tokens cost as much as reading the decoder's weights once: a step feeding
+# N tokens costs about (WEIGHT_READ_TOKENS + N) units. Measured on the SmolLM2-135M
+# assembly, 2 CPU threads: a batch-8 step feeding 1, 2, 4, 8 tokens per row took 96,
+# 118, 155, 216 ms, i.e. about 79 + 2.1 N ms. It decides when guesses pay: at batch 1 a
+# guessed token costs 3% of a step, at batch 32 half of one.
+WEIGHT_READ_TOKENS = 36.0
+
+
+class Acceptance:
+    """How often each kind of draft token has been right so far in one decoding call."""
+
+    def __init__(self) -> None:
+        self.accepted = {kind: PRIOR_ACCEPTANCE[kind] * PRIOR_WEIGHT for kind in PRIOR_ACCEPTANCE}
+        self.checked = dict.fromkeys(PRIOR_ACCEPTANCE, PRIOR_WEIGHT)
+
+    def rate(self, kind: int) -> float:
+        return self.accepted[kind] / self.checked[kind] if kind else 0.0
+
+    def record(self, kind: int, fed: int, accepted: int) -> None:
+        """A row fed ``fed`` draft tokens of ``kind`` and the first ``accepted`` were right:
+        ``accepted`` successes, and one failure unless all were right."""
+        if kind and fed:
+            self.accepted[kind] += accepted
+            self.checked[kind] += accepted + (accepted < fed)
+
+    def width(self, drafts: Sequence[tuple[Sequence[int], int]], limit: int) -> int:
+        """How many draft tokens every row should feed this step (0 to ``limit``): the
+        number that maximizes the expected answer tokens per unit of step time, counting
+        a step feeding N tokens as ``WEIGHT_READ_TOKENS + N`` units. ``drafts`` holds each
+        still decoded row's draft and its kind (:meth:`NgramDrafter.draft`)."""
+        rows = len(drafts)
+        if not rows:
+            return 0
+        best, best_rate = 0, rows / (WEIGHT_READ_TOKENS + rows)
+        gained = [0.0] * rows  # expected accepted tokens per row at the width tried
+        for width in range(1, limit + 1):
+            for r, (tokens, kind) in enumerate(drafts):
+                if width <= len(tokens):
+                    gained[r] += self.rate(kind) ** width
+            rate = (rows + sum(gained)) / (WEIGHT_READ_TOKENS + rows * (width + 1))
+            if rate > best_rate:
+                best, best_rate = width, rate
+        return best
+
+
+def card_references(
+    card: TaskCard, tags: Sequence[str], tokenize: Callable[[str], list[int]]
+) -> list[list[int]]:
+    """A task card's answer phrasings as draft references: placeholders filled with
+    ``tags`` (the names the decoder reads, in the card's placeholder order), tokenized.
+    A ``{value}`` splits a phrasing into the parts around it (the number is the model's
+    to say). Fewer tags than placeholders: no references."""
+    from chatnt_core.data.tasks import fill
+
+    placeholders = card.seq_placeholders
+    if len(tags) < len(placeholders):
+        return []
+    names = dict(zip(placeholders, tags))
+    if card.labels:
+        phrasings = [text for label in card.labels for text in label.answers]
+    else:
+        phrasings = list(card.answers or [])
+    references = []
+    for text in phrasings:
+        for part in fill(text, names).split("{value}"):
+            ids = tokenize(part)
+            if len(ids) > 1:
+                references.append(ids)
+    return references
