@@ -273,6 +273,7 @@ class ChatNT:
         """Per row, its card's answer phrasings as the decoder would write them (tags as
         the prompt shows them), token lists for drafting (``chatnt_core.drafting``)."""
         references: list[list[list[int]]] = []
+        done: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}  # rows alike: once
         for row, (question, card) in enumerate(zip(questions, cards)):
             if card is None:
                 references.append([])
@@ -281,8 +282,10 @@ class ChatNT:
                 user: alias
                 for alias, user in (batch.user_names or [{}] * len(questions))[row].items()
             }
-            tags = [shown.get(tag, tag) for tag in dict.fromkeys(find_tags(question))]
-            references.append(card_references(card, tags, self.model.decoder.tokenize))
+            tags = tuple(shown.get(tag, tag) for tag in dict.fromkeys(find_tags(question)))
+            if (card.name, tags) not in done:
+                done[card.name, tags] = card_references(card, tags, self.model.decoder.tokenize)
+            references.append(done[card.name, tags])
         return references
 
     # ---- answers -----------------------------------------------------------------------

@@ -24,34 +24,58 @@ if TYPE_CHECKING:
 MAX_NGRAM = 3
 # draft source: a reference text (the n-gram lengths 1..MAX_NGRAM name own-context matches)
 REFERENCE = MAX_NGRAM + 1
+# longest continuation a reference n-gram keeps (drafts are shorter: draft_tokens)
+MAX_DRAFT = 8
+
+
+class ReferenceIndex:
+    """Texts an answer is likely to copy (a card's phrasings), indexed for lookup: each
+    n-gram maps to what follows it, cut where the texts disagree ("@seq1 carries a" is
+    followed by CTCF in one phrasing and by TBP in another, so it predicts nothing past
+    "a"; once the model has written TBP, " motif." follows). Built once and shared by
+    every row with the same references."""
+
+    def __init__(self, references: Sequence[Sequence[int]], max_ngram: int = MAX_NGRAM):
+        self.continuations: dict[tuple[int, ...], list[int]] = {}
+        for ref in references:
+            for end in range(1, len(ref)):  # n-grams followed by at least one token
+                for n in range(1, min(max_ngram, end) + 1):
+                    key, follows = tuple(ref[end - n : end]), list(ref[end : end + MAX_DRAFT])
+                    known = self.continuations.get(key)
+                    self.continuations[key] = follows if known is None else _common(known, follows)
+
+    def __bool__(self) -> bool:
+        return bool(self.continuations)
+
+
+def _common(a: list[int], b: list[int]) -> list[int]:
+    """The longest common prefix of two token lists."""
+    size = 0
+    while size < min(len(a), len(b)) and a[size] == b[size]:
+        size += 1
+    return a[:size]
 
 
 class NgramDrafter:
     """Draft continuations for one row by n-gram lookup in its own tokens and references.
 
     ``context`` is what the row has read (its prompt ids, padding excluded) and grows with
-    every accepted token (:meth:`extend`). ``references`` are token lists that are likely
-    continuations (a task card's answer phrasings). The longest n-gram that matches
-    anywhere wins; at one length a reference match beats the row's own, since it predicts
-    the answer's own wording. Lookups are dictionary reads: each n-gram maps to the
-    position after its latest occurrence (its first, in the references).
+    every accepted token (:meth:`extend`). The longest n-gram that predicts something
+    wins; at one length the references (:class:`ReferenceIndex`) beat the row's own
+    tokens, since they predict the answer's own wording. Lookups are dictionary reads:
+    in the row's tokens each n-gram maps to the position after its latest occurrence.
     """
 
     def __init__(
         self,
         context: Sequence[int],
-        references: Sequence[Sequence[int]] = (),
+        references: ReferenceIndex | None = None,
         max_ngram: int = MAX_NGRAM,
     ) -> None:
         self.max_ngram = max_ngram
         self.tokens: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> position after it in tokens
-        self.references = [list(r) for r in references]
-        self.reference_index: dict[tuple[int, ...], tuple[int, int]] = {}
-        for which, ref in enumerate(self.references):
-            for end in range(1, len(ref)):  # n-grams followed by at least one token
-                for n in range(1, min(max_ngram, end) + 1):
-                    self.reference_index.setdefault(tuple(ref[end - n : end]), (which, end))
+        self.references = references or ReferenceIndex(())
         self.extend(context)
 
     def extend(self, tokens: Sequence[int]) -> None:
@@ -70,13 +94,12 @@ class NgramDrafter:
             return [], 0
         for n in range(min(self.max_ngram, len(self.tokens)), 0, -1):
             key = tuple(self.tokens[-n:])
-            found = self.reference_index.get(key)
-            if found is not None:
-                which, start = found
-                return self.references[which][start : start + limit], REFERENCE
-            start_own = self.index.get(key)
-            if start_own is not None:
-                return self.tokens[start_own : start_own + limit], n
+            follows = self.references.continuations.get(key)
+            if follows:
+                return follows[:limit], REFERENCE
+            start = self.index.get(key)
+            if start is not None:
+                return self.tokens[start : start + limit], n
         return [], 0
 
 

@@ -26,7 +26,7 @@ import torch
 from chatnt_core.adapter_decoding import lean_adapters, uniform_gate
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
-from chatnt_core.drafting import Acceptance, NgramDrafter
+from chatnt_core.drafting import Acceptance, NgramDrafter, ReferenceIndex
 from chatnt_core.errors import PromptTooLongError
 from chatnt_core.prefix_cache import drop_prefix
 
@@ -204,12 +204,16 @@ def _drafters(
     references: Sequence[Sequence[Sequence[int]]] | None,
 ) -> list[NgramDrafter]:
     """One n-gram drafter per row over its prompt ids (padding left out: ``mask``'s last
-    T columns are the prompt's) and its reference texts."""
+    T columns are the prompt's) and its reference texts (indexed once per distinct set)."""
     prompt_mask = mask[:, -input_ids.shape[1] :].bool()
-    return [
-        NgramDrafter(ids[keep].tolist(), references[r] if references else ())
-        for r, (ids, keep) in enumerate(zip(input_ids, prompt_mask))
-    ]
+    indexes: dict[tuple[tuple[int, ...], ...], ReferenceIndex] = {}
+    drafters = []
+    for row, (ids, keep) in enumerate(zip(input_ids, prompt_mask)):
+        key = tuple(tuple(ref) for ref in references[row]) if references else ()
+        if key not in indexes:
+            indexes[key] = ReferenceIndex(key)
+        drafters.append(NgramDrafter(ids[keep].tolist(), indexes[key]))
+    return drafters
 
 
 def _attention_grid(mask: torch.Tensor, fed: int) -> torch.Tensor:

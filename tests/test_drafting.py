@@ -13,7 +13,13 @@ from training_helpers import lora_tiny_model
 from chatnt_core import ChatNTModel
 from chatnt_core.api import ChatNT
 from chatnt_core.data.tasks import get_task_card
-from chatnt_core.drafting import REFERENCE, Acceptance, NgramDrafter, card_references
+from chatnt_core.drafting import (
+    REFERENCE,
+    Acceptance,
+    NgramDrafter,
+    ReferenceIndex,
+    card_references,
+)
 from chatnt_core.generation import GenerationConfig, generate_ids
 
 DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"
@@ -39,11 +45,22 @@ def test_drafter_prefers_longer_matches_and_stops_at_the_context_end() -> None:
 
 
 def test_references_come_first_among_matches_of_one_length() -> None:
-    drafter = NgramDrafter([4, 5, 6, 4, 5], references=[[9, 4, 5, 7, 8]])
+    drafter = NgramDrafter([4, 5, 6, 4, 5], ReferenceIndex([[9, 4, 5, 7, 8]]))
     assert drafter.draft(3) == ([7, 8], REFERENCE)  # "4 5" in the reference beats the prompt
     assert NgramDrafter([4, 5, 6, 4, 5]).draft(3) == ([6, 4, 5], 2)
-    longer_in_prompt = NgramDrafter([4, 5, 6, 4, 5], references=[[0, 5, 7, 8]])
+    longer_in_prompt = NgramDrafter([4, 5, 6, 4, 5], ReferenceIndex([[0, 5, 7, 8]]))
     assert longer_in_prompt.draft(3) == ([6, 4, 5], 2)  # a 2-gram beats a 1-gram
+
+
+def test_references_predict_only_up_to_where_they_disagree() -> None:
+    # "1 2 3" is followed by 7 8 9 in one phrasing and 7 5 in another: only 7 is predicted
+    index = ReferenceIndex([[1, 2, 3, 7, 8, 9], [1, 2, 3, 7, 5], [6, 7, 8]])
+    drafter = NgramDrafter([0, 1, 2, 3], index)
+    assert drafter.draft(4) == ([7], REFERENCE)
+    drafter.extend([7, 5])  # "7 5" ends a phrasing; "5" alone: nothing known to follow
+    assert drafter.draft(4) == ([], 0)
+    drafter.extend([6])  # "6" -> 7 8 in the third phrasing
+    assert drafter.draft(4) == ([7, 8], REFERENCE)
 
 
 def test_card_references_fill_tags_and_split_at_values() -> None:
