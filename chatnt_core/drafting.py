@@ -103,18 +103,24 @@ class NgramDrafter:
         return [], 0
 
 
-# Before any draft of a kind was checked, its tokens are assumed accepted at these rates
+# Before any guess of a kind was checked, its tokens are assumed right at these rates
 # (per token, given the previous one was): the card's phrasings and long matches are
-# fair guesses, a single repeated token is a poor one (in free English text, 1 in 8).
-# Each counts as PRIOR_WEIGHT checks, so a call's own record soon outweighs it.
-PRIOR_ACCEPTANCE = {REFERENCE: 0.6, 3: 0.4, 2: 0.25, 1: 0.1}
-PRIOR_WEIGHT = 3.0
+# fair guesses, a single repeated token is a poor one. Each counts as PRIOR_WEIGHT
+# checks. Every row's guess is checked against the tokens that came, whether it was fed
+# or not, so the rates follow the call's own record from its first steps, fed or not.
+PRIOR_ACCEPTANCE = {REFERENCE: 0.5, 3: 0.3, 2: 0.2, 1: 0.1}
+PRIOR_WEIGHT = 2.0
 # How many fed tokens cost as much as reading the decoder's weights once: a step feeding
 # N tokens costs about (WEIGHT_READ_TOKENS + N) units. Measured on the SmolLM2-135M
-# assembly, 2 CPU threads: a batch-8 step feeding 1, 2, 4, 8 tokens per row took 96,
-# 118, 155, 216 ms, i.e. about 79 + 2.1 N ms. It decides when guesses pay: at batch 1 a
-# guessed token costs 3% of a step, at batch 32 half of one.
-WEIGHT_READ_TOKENS = 36.0
+# assembly, 2 CPU threads: 1, 2, 3, 5 tokens per row took 127, 216, 281, 430 ms at batch
+# 32 (about 51 + 2.4 N ms: 21 tokens) and 1, 2, 4, 8 tokens 96, 118, 155, 216 ms at batch
+# 8 (79 + 2.1 N: 37 tokens); the lower end is taken, since a wasted guess costs more than
+# a missed one. It decides when guesses pay: at batch 1 a guessed token costs 4% of a
+# step, at batch 8 a quarter, at batch 32 more than half of one.
+WEIGHT_READ_TOKENS = 24.0
+# Guessing must promise this much more answer per unit of time than not guessing: near
+# the break-even point the cost model's error is larger than the expected gain.
+MARGIN = 0.1
 
 
 class Acceptance:
@@ -127,22 +133,25 @@ class Acceptance:
     def rate(self, kind: int) -> float:
         return self.accepted[kind] / self.checked[kind] if kind else 0.0
 
-    def record(self, kind: int, fed: int, accepted: int) -> None:
-        """A row fed ``fed`` draft tokens of ``kind`` and the first ``accepted`` were right:
-        ``accepted`` successes, and one failure unless all were right."""
-        if kind and fed:
+    def record(self, kind: int, checked: int, accepted: int) -> None:
+        """``checked`` tokens of a guess of ``kind`` were compared with the tokens that
+        came and the first ``accepted`` were right: ``accepted`` successes, and one
+        failure unless all were right."""
+        if kind and checked:
             self.accepted[kind] += accepted
-            self.checked[kind] += accepted + (accepted < fed)
+            self.checked[kind] += accepted + (accepted < checked)
 
     def width(self, drafts: Sequence[tuple[Sequence[int], int]], limit: int) -> int:
         """How many draft tokens every row should feed this step (0 to ``limit``): the
         number that maximizes the expected answer tokens per unit of step time, counting
-        a step feeding N tokens as ``WEIGHT_READ_TOKENS + N`` units. ``drafts`` holds each
-        still decoded row's draft and its kind (:meth:`NgramDrafter.draft`)."""
+        a step feeding N tokens as ``WEIGHT_READ_TOKENS + N`` units, and 0 unless that
+        beats not guessing by ``MARGIN``. ``drafts`` holds each still decoded row's draft
+        and its kind (:meth:`NgramDrafter.draft`)."""
         rows = len(drafts)
         if not rows:
             return 0
-        best, best_rate = 0, rows / (WEIGHT_READ_TOKENS + rows)
+        plain = rows / (WEIGHT_READ_TOKENS + rows)
+        best, best_rate = 0, plain * (1 + MARGIN)
         gained = [0.0] * rows  # expected accepted tokens per row at the width tried
         for width in range(1, limit + 1):
             for r, (tokens, kind) in enumerate(drafts):

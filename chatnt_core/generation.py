@@ -216,6 +216,14 @@ def _drafters(
     return drafters
 
 
+def _agree(guess: Sequence[int], produced: Sequence[int]) -> int:
+    """How many leading tokens of ``guess`` are the tokens ``produced``."""
+    count = 0
+    while count < min(len(guess), len(produced)) and guess[count] == produced[count]:
+        count += 1
+    return count
+
+
 def _attention_grid(mask: torch.Tensor, fed: int) -> torch.Tensor:
     """(B, L) padding mask whose last ``fed`` columns are a step's tokens -> the
     (B, 1, fed, L) bool grid it implies (causal among those tokens). Built here it is a
@@ -322,14 +330,21 @@ def continue_from(
             else:
                 choices = out.logits.argmax(dim=-1).tolist()  # (A, 1 + width) greedy picks
             kept_counts = []
+            # every guess is scored against what came, fed or not (evidence is free); rows
+            # that guessed alike and got alike count once (identical rows are one coin)
+            outcomes: set[tuple[int, tuple[int, ...], tuple[int, ...]]] = set()
             for i, row in enumerate(active):
-                accepted = _accepted(fed[i][: 1 + len(drafts[i][0])], choices[i])
-                acceptance.record(drafts[i][1], min(width, len(drafts[i][0])), accepted)
-                new = answers.add(row, [*fed[i][1 : 1 + accepted], choices[i][accepted]])
+                draft, kind = drafts[i]
+                accepted = _accepted(fed[i][: 1 + len(draft)], choices[i])
+                produced = [*fed[i][1 : 1 + accepted], choices[i][accepted]]
+                outcomes.add((kind, tuple(draft), tuple(produced[: len(draft)])))
+                new = answers.add(row, produced)
                 if drafting:
                     drafters[row].extend(new)
                 tokens[i] = choices[i][accepted]
                 kept_counts.append(accepted)
+            for kind, guess, came in outcomes:
+                acceptance.record(kind, len(came), _agree(guess, came))
             kept = torch.tensor(kept_counts, device=mask.device)[:, None]  # (A, 1)
             if width > 0:
                 # the rejected drafts stay in the cache, masked out from now on

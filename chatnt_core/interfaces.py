@@ -197,7 +197,8 @@ class Decoder(nn.Module, ABC):
     ) -> DecoderOutput:
         """Causal forward on embeddings; returns logits (B, T, V) and the cache.
 
-        ``attention_mask`` is a (B, T_past + T) padding mask, or with
+        ``attention_mask`` is a (B, T_past + T) padding mask (zeros may be anywhere:
+        greedy decoding leaves wrong guesses in the cache, masked out), or with
         ``supports_tree_attention`` possibly a (B, 1, T, T_past + T) bool grid that
         replaces the causal mask. ``logits_to_keep`` > 0 asks for the logits of the last
         that many positions only

@@ -186,6 +186,36 @@ def check_kv_cache(case: DecoderCase) -> None:
     )
 
 
+def check_kv_cache_with_guesses(case: DecoderCase) -> None:
+    """As greedy generation checks guessed tokens (``chatnt_core.drafting``): a cached
+    step of several tokens, one of them a wrong guess that is then masked out in the
+    middle of the cache, must give the logits of a full forward without it."""
+    decoder = case.decoder
+    prompts = [case.ids(text) for text in case.texts]
+    steps = list(decoder.tokenize(CONTINUATION)) * 3  # three tokens at least
+    ids, mask = case.left_padded(prompts)
+    out = case.forward(decoder, ids, mask, use_cache=True)
+    rows = len(prompts)
+    wrong = decoder.eos_token_id  # the guess after the first token: rejected
+    mask = torch.cat([mask, torch.ones((rows, 2), dtype=torch.bool)], dim=1)
+    guessed = torch.tensor([[steps[0], wrong]] * rows)
+    out = case.forward(decoder, guessed, mask, past=out.past_key_values, use_cache=True)
+    first = out.logits[:, 0]  # after the first token: unaffected by the guess after it
+    mask[:, -1] = False  # the wrong guess stays in the cache, masked out
+    rest = torch.tensor([steps[1:]] * rows)
+    mask = torch.cat([mask, torch.ones(rest.shape, dtype=torch.bool)], dim=1)
+    out = case.forward(decoder, rest, mask, past=out.past_key_values, use_cache=True)
+    cached = torch.cat([first[:, None], out.logits], dim=1)  # (B, S, V)
+    full_ids, full_mask = case.left_padded([row + steps for row in prompts])
+    expected = case.forward(decoder, full_ids, full_mask).logits[:, -len(steps) :]
+    case.tolerance.assert_close(
+        cached,
+        expected,
+        "a cached multi-token step with a masked-out guess vs a full forward (mask holes or "
+        "explicit position ids ignored?)",
+    )
+
+
 def check_left_padding_invariance(case: DecoderCase) -> None:
     rows = [case.ids(text) for text in case.texts]
     if len({len(row) for row in rows}) < 2:
@@ -223,6 +253,7 @@ DECODER_CHECKS: dict[str, Callable[[DecoderCase], None]] = {
     "embed_tokens": check_embed_tokens,
     "forward_output": check_forward_output,
     "kv_cache": check_kv_cache,
+    "kv_cache_with_guesses": check_kv_cache_with_guesses,
     "left_padding_invariance": check_left_padding_invariance,
     "determinism": check_determinism,
     "save_load_roundtrip": check_save_load,
