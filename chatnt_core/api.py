@@ -261,7 +261,8 @@ class ChatNT:
             seed=seed,
             stop_token_ids=tuple(stop_token_ids),
         )
-        cards = [self.find_task(question).card for question in questions]
+        found = {question: self.find_task(question).card for question in set(questions)}
+        cards = [found[question] for question in questions]
         references = self.draft_references(batch, questions, cards)
         ids = generate_ids(self.model, batch, config, references=references)
         texts = self.model.answer_texts(batch, ids)

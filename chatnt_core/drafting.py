@@ -42,18 +42,17 @@ class ReferenceIndex:
                 for n in range(1, min(max_ngram, end) + 1):
                     key, follows = tuple(ref[end - n : end]), list(ref[end : end + MAX_DRAFT])
                     known = self.continuations.get(key)
-                    self.continuations[key] = follows if known is None else _common(known, follows)
+                    if known is not None:
+                        follows = known[: common_prefix(known, follows)]
+                    self.continuations[key] = follows
 
-    def __bool__(self) -> bool:
-        return bool(self.continuations)
 
-
-def _common(a: list[int], b: list[int]) -> list[int]:
-    """The longest common prefix of two token lists."""
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token lists share."""
     size = 0
     while size < min(len(a), len(b)) and a[size] == b[size]:
         size += 1
-    return a[:size]
+    return size
 
 
 class NgramDrafter:
@@ -75,7 +74,7 @@ class NgramDrafter:
         self.max_ngram = max_ngram
         self.tokens: list[int] = []
         self.index: dict[tuple[int, ...], int] = {}  # n-gram -> position after it in tokens
-        self.references = references or ReferenceIndex(())
+        self.references = references if references is not None else ReferenceIndex(())
         self.extend(context)
 
     def extend(self, tokens: Sequence[int]) -> None:

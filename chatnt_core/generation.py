@@ -26,7 +26,7 @@ import torch
 from chatnt_core.adapter_decoding import lean_adapters, uniform_gate
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
-from chatnt_core.drafting import Acceptance, NgramDrafter, ReferenceIndex
+from chatnt_core.drafting import Acceptance, NgramDrafter, ReferenceIndex, common_prefix
 from chatnt_core.errors import PromptTooLongError
 from chatnt_core.prefix_cache import drop_prefix
 
@@ -216,14 +216,6 @@ def _drafters(
     return drafters
 
 
-def _agree(guess: Sequence[int], produced: Sequence[int]) -> int:
-    """How many leading tokens of ``guess`` are the tokens ``produced``."""
-    count = 0
-    while count < min(len(guess), len(produced)) and guess[count] == produced[count]:
-        count += 1
-    return count
-
-
 def _attention_grid(mask: torch.Tensor, fed: int) -> torch.Tensor:
     """(B, L) padding mask whose last ``fed`` columns are a step's tokens -> the
     (B, 1, fed, L) bool grid it implies (causal among those tokens). Built here it is a
@@ -233,15 +225,6 @@ def _attention_grid(mask: torch.Tensor, fed: int) -> torch.Tensor:
     queries = torch.arange(length - fed, length, device=mask.device)  # (fed,)
     causal = keys[None, :] <= queries[:, None]  # (fed, L)
     return (mask.bool()[:, None, :] & causal[None])[:, None]
-
-
-def _accepted(fed: Sequence[int], choices: Sequence[int]) -> int:
-    """How many drafted tokens (``fed[1:]``) agree with the decoder's own greedy picks
-    (``choices[j]`` follows ``fed[j]``), stopping at the first that does not."""
-    count = 0
-    while count + 1 < len(fed) and fed[count + 1] == choices[count]:
-        count += 1
-    return count
 
 
 @torch.no_grad()
@@ -275,10 +258,9 @@ def continue_from(
     mask, positions = state.mask, state.next_positions  # (A, L), (A, 1)
     tokens = answers.pick(state.logits)  # (A,) each row's next token, not yet fed
     for row, token in enumerate(tokens):
+        new = answers.add(row, [token])
         if drafting:
-            drafters[row].extend(answers.add(row, [token]))
-        else:
-            answers.add(row, [token])
+            drafters[row].extend(new)
     if answers.done:
         return answers.ids()
     # room for the answer, written in place (it doubles if the answer outgrows it)
@@ -335,7 +317,8 @@ def continue_from(
             outcomes: set[tuple[int, tuple[int, ...], tuple[int, ...]]] = set()
             for i, row in enumerate(active):
                 draft, kind = drafts[i]
-                accepted = _accepted(fed[i][: 1 + len(draft)], choices[i])
+                # the fed guess's longest prefix that the decoder itself picked
+                accepted = common_prefix(fed[i][1 : 1 + len(draft)], choices[i])
                 produced = [*fed[i][1 : 1 + accepted], choices[i][accepted]]
                 outcomes.add((kind, tuple(draft), tuple(produced[: len(draft)])))
                 new = answers.add(row, produced)
@@ -344,7 +327,7 @@ def continue_from(
                 tokens[i] = choices[i][accepted]
                 kept_counts.append(accepted)
             for kind, guess, came in outcomes:
-                acceptance.record(kind, len(came), _agree(guess, came))
+                acceptance.record(kind, len(came), common_prefix(guess, came))
             kept = torch.tensor(kept_counts, device=mask.device)[:, None]  # (A, 1)
             if width > 0:
                 # the rejected drafts stay in the cache, masked out from now on
