@@ -106,7 +106,7 @@ class NgramDrafter:
 # (per token, given the previous one was): the card's phrasings and long matches are
 # fair guesses, a single repeated token is a poor one. Each counts as PRIOR_WEIGHT
 # checks. Every row's guess is checked against the tokens that came, whether it was fed
-# or not, so the rates follow the call's own record from its first steps, fed or not.
+# or not, so the rates follow the call's own record from its first steps.
 PRIOR_ACCEPTANCE = {REFERENCE: 0.5, 3: 0.3, 2: 0.2, 1: 0.1}
 PRIOR_WEIGHT = 2.0
 # How many fed tokens cost as much as reading the decoder's weights once: a step feeding
