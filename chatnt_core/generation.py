@@ -329,8 +329,13 @@ def continue_from(
             for kind, guess, came in outcomes:
                 acceptance.record(kind, len(came), common_prefix(guess, came))
             kept = torch.tensor(kept_counts, device=mask.device)[:, None]  # (A, 1)
+            # the guessed positions no row kept leave the cache when the decoder can drop
+            # them (then a step with no holes in its mask goes on without a mask grid)
+            unused = width - max(kept_counts)
+            if unused > 0 and decoder.drop_cache_tail(past, unused):
+                mask, width = mask[:, :-unused], width - unused
             if width > 0:
-                # the rejected drafts stay in the cache, masked out from now on
+                # the other rejected guesses stay in the cache, masked out from now on
                 offsets = torch.arange(1 + width, device=mask.device)[None]
                 mask[:, -(1 + width) :] = (offsets <= kept).to(mask.dtype)
             positions = positions + kept + 1

@@ -213,6 +213,14 @@ class Decoder(nn.Module, ABC):
         default returns the cache as it is."""
         return past_key_values
 
+    def drop_cache_tail(self, past_key_values: Any, tokens: int) -> bool:
+        """Remove the last ``tokens`` positions of every row of ``past_key_values`` in
+        place, if the cache allows it, and say whether it did. Greedy decoding drops the
+        guessed tokens that no row kept, so that later steps need no mask with holes. A
+        pure speed-up: the default does nothing and returns False, and those positions
+        stay in the cache, masked out."""
+        return False
+
     def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
         """A fresh cache holding ``past_key_values`` (batch 1) repeated ``batch_size`` times.
 

@@ -118,6 +118,18 @@ def test_rows_selected_from_a_reserved_cache_are_its_own() -> None:
     torch.testing.assert_close(picked.layers[0].keys[:, :, :5], first[1:])
 
 
+@torch.no_grad()
+def test_drop_tail_shortens_plain_and_reserved_caches_only_when_it_can() -> None:
+    decoder = build_tiny_decoder()
+    for cache in (_prompt_cache(decoder), reserve(_prompt_cache(decoder), 3)):
+        assert decoder.drop_cache_tail(cache, 2)
+        assert cache.get_seq_length() == 3
+        assert not decoder.drop_cache_tail(cache, 3)  # nothing would be left
+        assert not decoder.drop_cache_tail(cache, 0)
+        assert cache.get_seq_length() == 3
+    assert not decoder.drop_cache_tail(None, 1)  # no transformers cache: keep holes
+
+
 # -- LoRA computed directly while decoding -------------------------------------------------
 
 

@@ -219,3 +219,30 @@ def test_drafting_keeps_the_prompt_state_cache(monkeypatch: pytest.MonkeyPatch) 
     drafted = continue_from(model, state, batch.input_ids, config, [[row] for row in plain])
     assert drafted == plain
     assert all(torch.equal(a, layer.keys) for a, layer in zip(before, state.past.layers))
+
+
+def test_guesses_no_row_kept_leave_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guess rejected by every row is dropped from the cache (``drop_cache_tail``), so a
+    batch without padding never needs a mask with holes; a decoder that cannot drop keeps
+    it masked out instead, with the same answers."""
+    model = lora_tiny_model(None)
+    batch = model.prompt_batch(["Is there a TATA box in @p.fna?"], [{"p.fna": DNA}])
+    config = GenerationConfig(max_new_tokens=12, ignore_eos=True)
+    (plain,) = generate_ids(model, batch, replace(config, draft_tokens=0))
+    references = [[[*plain[:3], plain[3] + 1, plain[4] + 1, *plain[5:]]]]  # wrong from 4th
+    masks: list[torch.Tensor] = []
+    forward = model.decoder.forward
+
+    def recorded(embeds: torch.Tensor, mask: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        masks.append(mask)
+        return forward(embeds, mask, *args, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "forward", recorded)
+    assert generate_ids(model, batch, config, references=references) == [plain]
+    fed = [mask.shape[-1] for mask in masks]
+    assert all(mask.dim() == 2 and bool(mask.all()) for mask in masks)
+    assert fed[-1] == batch.input_ids.shape[1] + len(plain) - 1  # no rejected guess left
+    masks.clear()
+    monkeypatch.setattr(model.decoder, "drop_cache_tail", lambda past, tokens: False)
+    assert generate_ids(model, batch, config, references=references) == [plain]
+    assert not all(bool(mask.all()) for mask in masks)  # the rejected guess, masked out

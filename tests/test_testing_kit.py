@@ -168,6 +168,13 @@ class IgnoresMaskDecoder(HFCausalLM):
         return super().forward(inputs_embeds, everything, position_ids, past_key_values, use_cache)
 
 
+class DropsNothingDecoder(HFCausalLM):
+    """Says it dropped the cache's last positions but keeps them."""
+
+    def drop_cache_tail(self, past_key_values: Any, tokens: int) -> bool:
+        return True
+
+
 def tiny_decoder(cls: type[HFCausalLM] = HFCausalLM) -> HFCausalLM:
     return cls.from_params(HFCausalLMParams.model_validate(tiny_decoder_params()))
 
@@ -258,8 +265,9 @@ def test_projection_fault_fails_its_check(fault: str, check: str) -> None:
 @pytest.mark.parametrize(
     ("cls", "check"),
     [
-        (NoCacheDecoder, ["kv_cache", "kv_cache_with_guesses"]),
+        (NoCacheDecoder, ["kv_cache", "kv_cache_with_guesses", "kv_cache_tail_dropped"]),
         (IgnoresMaskDecoder, ["kv_cache_with_guesses", "left_padding_invariance"]),
+        (DropsNothingDecoder, ["kv_cache_tail_dropped"]),
     ],
 )
 def test_decoder_fault_fails_its_check(cls: type[HFCausalLM], check: list[str]) -> None:

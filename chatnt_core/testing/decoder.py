@@ -186,33 +186,71 @@ def check_kv_cache(case: DecoderCase) -> None:
     )
 
 
+def _guessed_step(case: DecoderCase) -> tuple[torch.Tensor, DecoderOutput, torch.Tensor]:
+    """A cached prompt, then one step feeding each row's next token and a wrong guess
+    after it: the logits after the first token (B, V), the step's output and its mask."""
+    decoder = case.decoder
+    ids, mask = case.left_padded([case.ids(text) for text in case.texts])
+    out = case.forward(decoder, ids, mask, use_cache=True)
+    rows = ids.shape[0]
+    wrong = decoder.eos_token_id  # the guess after the first token: rejected
+    mask = torch.cat([mask, torch.ones((rows, 2), dtype=torch.bool)], dim=1)
+    guessed = torch.tensor([[_continuation(case)[0], wrong]] * rows)
+    out = case.forward(decoder, guessed, mask, past=out.past_key_values, use_cache=True)
+    return out.logits[:, 0], out, mask
+
+
+def _continuation(case: DecoderCase) -> list[int]:
+    return list(case.decoder.tokenize(CONTINUATION)) * 3  # three tokens at least
+
+
+def _rest_matches_full_forward(
+    case: DecoderCase, first: torch.Tensor, past: object, mask: torch.Tensor, what: str
+) -> None:
+    """Feed the continuation's other tokens against ``past`` (mask ``mask``): with
+    ``first``, the logits must be those of a full forward over prompt and continuation."""
+    steps = _continuation(case)
+    rest = torch.tensor([steps[1:]] * mask.shape[0])
+    mask = torch.cat([mask, torch.ones(rest.shape, dtype=torch.bool)], dim=1)
+    out = case.forward(case.decoder, rest, mask, past=past, use_cache=True)
+    cached = torch.cat([first[:, None], out.logits], dim=1)  # (B, S, V)
+    prompts = [case.ids(text) for text in case.texts]
+    full_ids, full_mask = case.left_padded([row + steps for row in prompts])
+    expected = case.forward(case.decoder, full_ids, full_mask).logits[:, -len(steps) :]
+    case.tolerance.assert_close(cached, expected, what)
+
+
 def check_kv_cache_with_guesses(case: DecoderCase) -> None:
     """As greedy generation checks guessed tokens (``chatnt_core.drafting``): a cached
     step of several tokens, one of them a wrong guess that is then masked out in the
     middle of the cache, must give the logits of a full forward without it."""
-    decoder = case.decoder
-    prompts = [case.ids(text) for text in case.texts]
-    steps = list(decoder.tokenize(CONTINUATION)) * 3  # three tokens at least
-    ids, mask = case.left_padded(prompts)
-    out = case.forward(decoder, ids, mask, use_cache=True)
-    rows = len(prompts)
-    wrong = decoder.eos_token_id  # the guess after the first token: rejected
-    mask = torch.cat([mask, torch.ones((rows, 2), dtype=torch.bool)], dim=1)
-    guessed = torch.tensor([[steps[0], wrong]] * rows)
-    out = case.forward(decoder, guessed, mask, past=out.past_key_values, use_cache=True)
-    first = out.logits[:, 0]  # after the first token: unaffected by the guess after it
+    first, out, mask = _guessed_step(case)
     mask[:, -1] = False  # the wrong guess stays in the cache, masked out
-    rest = torch.tensor([steps[1:]] * rows)
-    mask = torch.cat([mask, torch.ones(rest.shape, dtype=torch.bool)], dim=1)
-    out = case.forward(decoder, rest, mask, past=out.past_key_values, use_cache=True)
-    cached = torch.cat([first[:, None], out.logits], dim=1)  # (B, S, V)
-    full_ids, full_mask = case.left_padded([row + steps for row in prompts])
-    expected = case.forward(decoder, full_ids, full_mask).logits[:, -len(steps) :]
-    case.tolerance.assert_close(
-        cached,
-        expected,
+    _rest_matches_full_forward(
+        case,
+        first,
+        out.past_key_values,
+        mask,
         "a cached multi-token step with a masked-out guess vs a full forward (mask holes or "
         "explicit position ids ignored?)",
+    )
+
+
+def check_kv_cache_tail_dropped(case: DecoderCase) -> None:
+    """As greedy generation drops a guess no row kept (``Decoder.drop_cache_tail``): once
+    the wrong guess is dropped from the cache, the next steps must give the logits of a
+    full forward without it. A decoder that cannot drop (returns False) has nothing to
+    check."""
+    first, out, mask = _guessed_step(case)
+    if not case.decoder.drop_cache_tail(out.past_key_values, 1):
+        return
+    _rest_matches_full_forward(
+        case,
+        first,
+        out.past_key_values,
+        mask[:, :-1],
+        "steps after drop_cache_tail vs a full forward (the cache still holds the dropped "
+        "position?)",
     )
 
 
@@ -254,6 +292,7 @@ DECODER_CHECKS: dict[str, Callable[[DecoderCase], None]] = {
     "forward_output": check_forward_output,
     "kv_cache": check_kv_cache,
     "kv_cache_with_guesses": check_kv_cache_with_guesses,
+    "kv_cache_tail_dropped": check_kv_cache_tail_dropped,
     "left_padding_invariance": check_left_padding_invariance,
     "determinism": check_determinism,
     "save_load_roundtrip": check_save_load,

@@ -39,7 +39,7 @@ from chatnt_core.model_store import (
 from chatnt_core.plugins import BuildContext
 from chatnt_core.rows_first import rows_first
 from chatnt_hf_decoders.byte_tokenizer import build_byte_tokenizer
-from chatnt_hf_decoders.kv_cache import reserve
+from chatnt_hf_decoders.kv_cache import drop_tail, reserve
 
 BYTES_TOKENIZER = "bytes"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -457,6 +457,9 @@ class HFCausalLM(Decoder):
 
     def reserve_cache(self, past_key_values: Any, extra_tokens: int) -> Any:
         return reserve(past_key_values, extra_tokens)
+
+    def drop_cache_tail(self, past_key_values: Any, tokens: int) -> bool:
+        return drop_tail(past_key_values, tokens)
 
     def repeat_cache(self, past_key_values: Any, batch_size: int) -> Any:
         layers = getattr(past_key_values, "layers", None)

@@ -113,3 +113,20 @@ def reserve(past: Any, extra: int) -> Any:
         for layer in layers
     ]
     return reserved
+
+
+def drop_tail(past: Any, tokens: int) -> bool:
+    """Remove the last ``tokens`` positions of every layer of the transformers cache
+    ``past`` in place; False (nothing changed) unless every layer is a plain or reserved
+    dynamic layer holding more than ``tokens`` positions. Other layer kinds (sliding
+    windows, linear attention) cannot always step back, so they are left alone."""
+    layers = getattr(past, "layers", None)
+    if tokens < 1 or not layers:
+        return False
+    if not all(type(layer) in (DynamicLayer, ReservedLayer) for layer in layers):
+        return False
+    if any(not layer.is_initialized or layer.get_seq_length() <= tokens for layer in layers):
+        return False
+    for layer in layers:
+        layer.crop(-tokens)
+    return True
