@@ -54,6 +54,7 @@ import torch
 from chatnt_core import ChatNTModel
 from chatnt_core.api import ChatNT
 from chatnt_core.config import parse_config, read_yaml
+from chatnt_core.drafting import batch_references
 from chatnt_core.generation import GenerationConfig, generate_ids
 from chatnt_core.model_store import quiet_hf_progress_bars
 from chatnt_core.training import checkpoint as ckpt
@@ -136,8 +137,8 @@ def generation_row(
     sequences = [{"seq.fna": _dna(200, rng)} for _ in range(size)]
     batch = model.prompt_batch([QUESTION] * size, sequences)
     # what ChatNT.generate passes: the matched card's phrasings, to draft from
-    references = chatnt.draft_references(
-        batch, [QUESTION] * size, [chatnt.find_task(QUESTION).card] * size
+    references = batch_references(
+        batch, [QUESTION] * size, [chatnt.find_task(QUESTION).card] * size, decoder.tokenize
     )
     ours_config = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=not to_eos)
     undrafted = replace(ours_config, draft_tokens=0)

@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from chatnt_core.batching import Example, ModelBatch
+from chatnt_core.batching import Example
 from chatnt_core.calibration import class_probabilities
 from chatnt_core.conversation import ChatSession
-from chatnt_core.drafting import card_references
+from chatnt_core.drafting import batch_references
 from chatnt_core.errors import ChatNTError
 from chatnt_core.generation import (
     GenerationConfig,
@@ -52,6 +52,7 @@ from chatnt_core.generation import (
     stop_token_ids,
 )
 from chatnt_core.model import ChatNTModel
+from chatnt_core.precision import as_precision, set_precision
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, find_tags
 
 if TYPE_CHECKING:
@@ -148,44 +149,55 @@ class ChatNT:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device: str | torch.device | None = None
+        cls, path: str | Path, *, device: str | torch.device | None = None, precision: str = "fp32"
     ) -> ChatNT:
         """A trained checkpoint directory (or an output directory with ``latest``).
 
         Its ``calibration.json``, when present, supplies per-task Platt calibrators.
+        ``precision="bf16"`` holds the decoder's weights in bfloat16
+        (``chatnt_core.precision``: faster on CPUs with native bfloat16).
         """
         from chatnt_core.evaluation.calibrate import load_calibration
         from chatnt_core.training.checkpoint import load_model_from_checkpoint, resolve_checkpoint
 
+        as_precision(precision)  # a wrong name fails before the model loads
         directory = resolve_checkpoint(path)
         calibrations = load_calibration(directory)  # a broken file fails before the model loads
-        model = load_model_from_checkpoint(directory)
-        if device is not None:
-            model = model.to(device)
+        model = _placed(load_model_from_checkpoint(directory), device, precision)
         return cls(model, calibrations, str(directory))
 
     @classmethod
-    def from_config(cls, source: str | Path, *, device: str | torch.device | None = None) -> ChatNT:
+    def from_config(
+        cls,
+        source: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+    ) -> ChatNT:
         """An assembly from a preset name or config YAML, weights as the config says."""
-        model = ChatNTModel.from_config(source)
-        if device is not None:
-            model = model.to(device)
-        return cls(model, source=str(source))
+        as_precision(precision)
+        return cls(_placed(ChatNTModel.from_config(source), device, precision), source=str(source))
 
     @classmethod
-    def load(cls, source: str | Path, *, device: str | torch.device | None = None) -> ChatNT:
+    def load(
+        cls,
+        source: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        precision: str = "fp32",
+    ) -> ChatNT:
         """A checkpoint directory, else a config file or preset name (what the CLI takes)."""
         from chatnt_core.presets import preset_names
 
         path = Path(source)
         if path.is_dir():
-            return cls.from_pretrained(path, device=device)
+            return cls.from_pretrained(path, device=device, precision=precision)
         if not path.is_file() and str(source) not in preset_names():
             raise ChatNTError(
                 f"'{source}' is not a checkpoint directory, a config file or a preset "
                 f"(presets: {', '.join(preset_names())})"
             )
-        return cls.from_config(source, device=device)
+        return cls.from_config(source, device=device, precision=precision)
 
     # ---- task cards --------------------------------------------------------------------
 
@@ -263,31 +275,10 @@ class ChatNT:
         )
         found = {question: self.find_task(question).card for question in set(questions)}
         cards = [found[question] for question in questions]
-        references = self.draft_references(batch, questions, cards)
+        references = batch_references(batch, questions, cards, self.model.decoder.tokenize)
         ids = generate_ids(self.model, batch, config, references=references)
         texts = self.model.answer_texts(batch, ids)
         return [_cut_at_stop(text, stops).strip() for text in texts]
-
-    def draft_references(
-        self, batch: ModelBatch, questions: Sequence[str], cards: Sequence[TaskCard | None]
-    ) -> list[list[list[int]]]:
-        """Per row, its card's answer phrasings as the decoder would write them (tags as
-        the prompt shows them), token lists for drafting (``chatnt_core.drafting``)."""
-        references: list[list[list[int]]] = []
-        done: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}  # rows alike: once
-        for row, (question, card) in enumerate(zip(questions, cards)):
-            if card is None:
-                references.append([])
-                continue
-            shown = {
-                user: alias
-                for alias, user in (batch.user_names or [{}] * len(questions))[row].items()
-            }
-            tags = tuple(shown.get(tag, tag) for tag in dict.fromkeys(find_tags(question)))
-            if (card.name, tags) not in done:
-                done[card.name, tags] = card_references(card, tags, self.model.decoder.tokenize)
-            references.append(done[card.name, tags])
-        return references
 
     # ---- answers -----------------------------------------------------------------------
 
@@ -345,7 +336,7 @@ class ChatNT:
         if rest:
             index = torch.tensor(rest, device=batch.input_ids.device)
             rest_state = state if len(rest) == len(questions) else state.rows(index)
-            references = self.draft_references(batch, questions, cards)
+            references = batch_references(batch, questions, cards, self.model.decoder.tokenize)
             decoded = continue_from(
                 self.model,
                 rest_state,
@@ -460,6 +451,11 @@ class ChatNT:
         return Conversation(self, config)
 
 
+def _placed(model: ChatNTModel, device: str | torch.device | None, precision: str) -> ChatNTModel:
+    """``model`` on ``device`` (when given), its decoder in ``precision``."""
+    return set_precision(model if device is None else model.to(device), precision)
+
+
 class Conversation:
     """Turns so far plus their sequences; ``ask`` continues the conversation.
 
@@ -480,8 +476,8 @@ class Conversation:
     ) -> Answer:
         """Answer ``message``; ``sequences`` binds the tags it uses for the first time."""
         history = list(self.session.turns)
-        text = self.session.ask(message, sequences)
         match = self.chatnt.find_task(message, task)
+        text = self.session.ask(message, sequences, match.card)
         example = Example([*history, Turn(message)], dict(self.session.sequences))
         probability = self.chatnt.probabilities([match.card], [example], self.session.cache)[0]
         return self.chatnt.interpret(text, match.card, probability, match)

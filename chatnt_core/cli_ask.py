@@ -25,6 +25,7 @@ import typer
 
 from chatnt_core.errors import ChatNTError
 from chatnt_core.modality import Modality, modality_for_name, modality_from_path
+from chatnt_core.precision import Precision
 
 if TYPE_CHECKING:
     from chatnt_core.api import Answer, Conversation
@@ -49,6 +50,10 @@ TaskOption = Annotated[
 MaxTokensOption = Annotated[int, typer.Option(min=1)]
 TemperatureOption = Annotated[float, typer.Option(min=0.0, help="0 = greedy")]
 SeedOption = Annotated[int | None, typer.Option(help="seed for temperature sampling")]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(help="decoder weights: fp32, or bf16 (faster where the CPU has native bfloat16)"),
+]
 
 CHAT_HELP = """commands:
   /seqs     list the sequences you can tag: @name, modality, length, source
@@ -139,6 +144,7 @@ def ask_command(
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
     seed: SeedOption = None,
+    precision: PrecisionOption = Precision.FP32,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
 ) -> None:
     """Answer one question; prints the answer and, for a known task, its parsed value.
@@ -149,7 +155,7 @@ def ask_command(
     from chatnt_core.api import ChatNT
 
     sequences = parse_seq_options(seq, modality)
-    bot = ChatNT.load(checkpoint)
+    bot = ChatNT.load(checkpoint, precision=precision.value)
     answer = bot.ask(
         question,
         sequences,
@@ -241,13 +247,14 @@ def chat_command(
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
     seed: SeedOption = None,
+    precision: PrecisionOption = Precision.FP32,
 ) -> None:
     """Multi-turn chat on standard input, one message per line (/help for commands)."""
     from chatnt_core.api import ChatNT
     from chatnt_core.prompt import find_tags
 
     tags, origin = _chat_sequences(fasta, seq or [], modality)
-    bot = ChatNT.load(checkpoint)
+    bot = ChatNT.load(checkpoint, precision=precision.value)
     chat = bot.chat(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -294,6 +301,7 @@ def batch_command(
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
     seed: SeedOption = None,
+    precision: PrecisionOption = Precision.FP32,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """One row per FASTA record (id, answer, parsed value, probability); rerun to resume.
@@ -310,7 +318,7 @@ def batch_command(
     modality = modality or modality_from_path(fasta) or Modality.DNA
     records = read_fasta(fasta, modality)  # every malformation fails before the model loads
     state = process_state()
-    bot = ChatNT.load(checkpoint, device=state.device)
+    bot = ChatNT.load(checkpoint, device=state.device, precision=precision.value)
     try:
         report = run_batch(
             bot,

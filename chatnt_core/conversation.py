@@ -8,13 +8,18 @@ before are taken from the cache, never re-encoded.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from chatnt_core.batching import Example
+from chatnt_core.drafting import batch_references
 from chatnt_core.encoding_cache import EncodingCache
 from chatnt_core.errors import PromptError, UnusedSequenceError
 from chatnt_core.generation import GenerationConfig, generate_ids
 from chatnt_core.model import ChatNTModel
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, find_tags
+
+if TYPE_CHECKING:
+    from chatnt_core.data.tasks import TaskCard
 
 
 class ChatSession:
@@ -25,8 +30,15 @@ class ChatSession:
         self.sequences: dict[str, SequenceInput] = {}
         self.cache = EncodingCache()
 
-    def ask(self, message: str, sequences: Mapping[str, str | SequenceInput] | None = None) -> str:
-        """Answer ``message``; ``sequences`` binds tags first used in it."""
+    def ask(
+        self,
+        message: str,
+        sequences: Mapping[str, str | SequenceInput] | None = None,
+        card: TaskCard | None = None,
+    ) -> str:
+        """Answer ``message``; ``sequences`` binds tags first used in it. ``card``, the
+        task the message asks about, lends its answer phrasings to greedy decoding as
+        guesses to check (``chatnt_core.drafting``): faster, never different."""
         new = as_sequence_inputs(sequences or {})
         for name, record in new.items():
             known = self.sequences.get(name)
@@ -44,7 +56,9 @@ class ChatSession:
             )
         example = Example([*self.turns, Turn(message)], {**self.sequences, **new})
         batch = self.model.tokenize([example], require_all_used=False).to(self.model.device)
-        ids = generate_ids(self.model, batch, self.generation, cache=self.cache)[0]
+        tokenize = self.model.decoder.tokenize
+        references = batch_references(batch, [message], [card], tokenize)
+        ids = generate_ids(self.model, batch, self.generation, self.cache, references=references)[0]
         answer = self.model.answer_texts(batch, [ids])[0].strip()
         self.turns.append(Turn(message, answer))
         self.sequences.update(new)

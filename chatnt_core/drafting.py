@@ -17,7 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from chatnt_core.prompt import find_tags
+
 if TYPE_CHECKING:
+    from chatnt_core.batching import ModelBatch
     from chatnt_core.data.tasks import TaskCard
 
 # longest n-gram matched; shorter ones are tried when it finds nothing
@@ -185,4 +188,29 @@ def card_references(
             ids = tokenize(part)
             if len(ids) > 1:
                 references.append(ids)
+    return references
+
+
+def batch_references(
+    batch: ModelBatch,
+    questions: Sequence[str],
+    cards: Sequence[TaskCard | None],
+    tokenize: Callable[[str], list[int]],
+) -> list[list[list[int]]]:
+    """Per row of ``batch``, the answer phrasings of its card (``cards[row]``, None: no
+    references) as the decoder would write them: the tags of ``questions[row]`` (the
+    row's last message) as the prompt shows them (``batch.user_names`` maps the aliases
+    the decoder reads back to the user's names). Rows alike are tokenized once."""
+    references: list[list[list[int]]] = []
+    done: dict[tuple[str, tuple[str, ...]], list[list[int]]] = {}
+    for row, (question, card) in enumerate(zip(questions, cards)):
+        if card is None:
+            references.append([])
+            continue
+        names = batch.user_names[row] if batch.user_names else {}
+        shown = {user: alias for alias, user in names.items()}
+        tags = tuple(shown.get(tag, tag) for tag in dict.fromkeys(find_tags(question)))
+        if (card.name, tags) not in done:
+            done[card.name, tags] = card_references(card, tags, tokenize)
+        references.append(done[card.name, tags])
     return references

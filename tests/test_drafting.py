@@ -18,6 +18,7 @@ from chatnt_core.drafting import (
     Acceptance,
     NgramDrafter,
     ReferenceIndex,
+    batch_references,
     card_references,
 )
 from chatnt_core.generation import GenerationConfig, generate_ids
@@ -193,7 +194,7 @@ def test_chatnt_generate_drafts_from_the_matched_card() -> None:
     batch = chat.model.prompt_batch([question], [{"a.fna": DNA}])
     card = chat.find_task(question).card
     assert card is not None and card.name == "demo-ctcf-site"
-    (references,) = chat.draft_references(batch, [question], [card])
+    (references,) = batch_references(batch, [question], [card], chat.model.decoder.tokenize)
     texts = [chat.model.decoder.detokenize(ids) for ids in references]
     shown = "@" + next(iter(batch.user_names[0])) if batch.user_names[0] else "@a.fna"
     assert any(shown in text and "CTCF" in text for text in texts)
@@ -246,3 +247,32 @@ def test_guesses_no_row_kept_leave_the_cache(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(model.decoder, "drop_cache_tail", lambda past, tokens: False)
     assert generate_ids(model, batch, config, references=references) == [plain]
     assert not all(bool(mask.all()) for mask in masks)  # the rejected guess, masked out
+
+
+def test_chat_turns_draft_from_the_card_they_ask_about(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversation passes the matched card's phrasings (with the tag as the prompt
+    shows it) to decoding; the answers are those of decoding without guesses."""
+    import chatnt_core.conversation as conversation
+
+    seen: list[Any] = []
+    generate = conversation.generate_ids
+
+    def recorded(*args: Any, references: Any = None, **kwargs: Any) -> Any:
+        seen.append(references)
+        return generate(*args, references=references, **kwargs)
+
+    monkeypatch.setattr(conversation, "generate_ids", recorded)
+    chat = ChatNT(lora_tiny_model(None))
+    question = "Is there a CTCF binding site in @a.fna?"
+    guessed = chat.chat(max_new_tokens=8)
+    first = guessed.ask(question, {"a.fna": DNA}).text
+    second = guessed.ask("Hi there").text  # no card: no references
+    (references,), (none,) = seen
+    texts = [chat.model.decoder.detokenize(ids) for ids in references]
+    assert any("CTCF" in text and "@" in text for text in texts) and none == []
+    plain = chat.chat()
+    plain.session.generation = GenerationConfig(8, draft_tokens=0)
+    assert [plain.ask(question, {"a.fna": DNA}).text, plain.ask("Hi there").text] == [
+        first,
+        second,
+    ]

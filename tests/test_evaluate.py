@@ -306,7 +306,7 @@ def test_cli_calibrate_then_evaluate(
 ) -> None:
     checkpoint = tmp_path / "checkpoint-000001"
     checkpoint.mkdir()
-    monkeypatch.setattr(evaluation_cli, "_load", lambda path, device: (checkpoint, model))
+    monkeypatch.setattr(evaluation_cli, "_load", lambda *args: (checkpoint, model))
     assert _run(["calibrate", str(checkpoint), "--data", str(demo), "--max-per-task", "6"]) == 0
     assert "demo-ctcf-site" in load_calibration(checkpoint)
     argv = ["evaluate", str(checkpoint), "--data", str(demo), "--max-per-task", "2"]
@@ -334,7 +334,7 @@ def test_cli_evaluates_with_a_card_given_as_a_file(
     path.write_text(yaml.safe_dump(card))
     checkpoint = tmp_path / "checkpoint-000001"
     checkpoint.mkdir()
-    monkeypatch.setattr(evaluation_cli, "_load", lambda path, device: (checkpoint, model))
+    monkeypatch.setattr(evaluation_cli, "_load", lambda *args: (checkpoint, model))
     argv = ["evaluate", str(checkpoint), "--data", str(demo), "--max-per-task", "2"]
     argv += ["--max-new-tokens", "1", "--tasks", "demo-ctcf-site", "--task", str(path)]
     assert _run(argv) == 0

@@ -13,6 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
+from chatnt_core.cli_ask import PrecisionOption
+from chatnt_core.precision import Precision, set_precision
+
 
 def _task_list(tasks: str | None) -> list[str] | None:
     names = [t.strip() for t in (tasks or "").split(",") if t.strip()]
@@ -38,7 +41,7 @@ def _check_data(
     return cards
 
 
-def _load(checkpoint: str, device: str | None = None) -> tuple[Path, Any]:
+def _load(checkpoint: str, device: str | None = None, precision: str = "fp32") -> tuple[Path, Any]:
     """The checkpoint directory and its model, on ``device`` (default: CUDA if present)."""
     import torch
 
@@ -53,7 +56,8 @@ def _load(checkpoint: str, device: str | None = None) -> tuple[Path, Any]:
         raise ChatNTError(
             f"--device '{target}' is not a torch device (e.g. cpu, cuda, cuda:1)"
         ) from None
-    return directory, load_model_from_checkpoint(directory).to(torch_device)
+    model = load_model_from_checkpoint(directory).to(torch_device)
+    return directory, set_precision(model, precision)
 
 
 def evaluate_command(
@@ -92,6 +96,7 @@ def evaluate_command(
     device: Annotated[
         str | None, typer.Option(help="torch device (default: cuda if available, else cpu)")
     ] = None,
+    precision: PrecisionOption = Precision.FP32,
 ) -> None:
     """Score a checkpoint on a dataset's test split with each task's paper metric."""
     from chatnt_core.errors import ChatNTError
@@ -113,7 +118,7 @@ def evaluate_command(
     main = state is None or state.is_main_process
     if state is not None and device is None:
         device = str(state.device)
-    directory, model = _load(checkpoint, device)
+    directory, model = _load(checkpoint, device, precision.value)
     out_dir = out if out is not None else directory / "evaluation"
     report = evaluate_model(
         model,

@@ -12,7 +12,9 @@ from typing import Annotated
 
 import typer
 
+from chatnt_core.cli_ask import PrecisionOption
 from chatnt_core.errors import ChatNTError
+from chatnt_core.precision import Precision
 
 PASSWORD_VARIABLE = "CHATNT_PASSWORD"
 
@@ -51,6 +53,7 @@ def serve_command(
         float, typer.Option(help="seconds a request may wait, and a batch may run")
     ] = 300.0,
     max_new_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 128,
+    precision: PrecisionOption = Precision.FP32,
 ) -> None:
     """Serve the chat, batch and model pages and the JSON API (one model, one request at
     a time). Binds to 127.0.0.1 unless --host says otherwise."""
@@ -74,4 +77,5 @@ def serve_command(
     from chatnt_core.web.server import serve
     from chatnt_core.web.service import WebService
 
-    serve(WebService(ChatNT.load(checkpoint), limits), host, port, auth)
+    bot = ChatNT.load(checkpoint, precision=precision.value)
+    serve(WebService(bot, limits), host, port, auth)
