@@ -23,12 +23,15 @@ Two workloads. Untrained: SmolLM2 continues in its own English (it cannot read t
 sequences yet), ``--new-tokens`` per row with EOS ignored, so every method does the same
 work; the first ten tokens of every row must agree. Trained (``--checkpoint``): the task
 answers a user gets ("No, @seq1 does not contain a CTCF motif."), each to its EOS; the
-answers must be identical, and tokens/s counts answer tokens.
+answers must be identical, and tokens/s counts answer tokens. Then the untrained
+workload at batch 8 with the decoder's weights in bfloat16 (``--precision bf16``).
 
 ``chatnt batch`` (subprocess, as a user runs it): records/s over the whole command
 (loading included) and over the answering alone (the bar's own time), and peak resident
-memory, for ``--records`` records of 200 bp and of 2 kb; and the classifier's cost per
-record (P(yes) scoring, ``ChatNT.probabilities``) next to generation's.
+memory, for ``--records`` records of 200 bp and of 2 kb, and of 200 bp with
+``--precision bf16``; and the classifier's cost per record (P(yes) scoring,
+``ChatNT.probabilities``) next to generation's. How bfloat16 answers the demo test set
+compared with float32: ``bench/precision.py``.
 
 Run (about 10 minutes on 2 cores): ``python bench/inference.py [--checkpoint runs/qs/run]``
 """
@@ -57,6 +60,7 @@ from chatnt_core.config import parse_config, read_yaml
 from chatnt_core.drafting import batch_references
 from chatnt_core.generation import GenerationConfig, generate_ids
 from chatnt_core.model_store import quiet_hf_progress_bars
+from chatnt_core.precision import native_bfloat16, set_precision
 from chatnt_core.training import checkpoint as ckpt
 from chatnt_core.training.config import training_preset_path
 
@@ -194,23 +198,22 @@ def generation_row(
 
 
 def bf16_line(model: ChatNTModel, size: int, new_tokens: int) -> str:
-    """Ours under bfloat16 autocast vs float32 at batch ``size``: speed and same tokens."""
+    """Ours with the decoder's weights in bfloat16 (``--precision bf16``) vs float32 at
+    batch ``size``: speed and same tokens. Leaves ``model``'s decoder in bfloat16."""
     rng = random.Random(3)
     sequences = [{"seq.fna": _dna(200, rng)} for _ in range(size)]
     batch = model.prompt_batch([QUESTION] * size, sequences)
     forced = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
-    fp32_s, fp32 = _timed(lambda: generate_ids(model, batch, forced), 1)
-
-    def bf16() -> list[list[int]]:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return generate_ids(model, batch, forced)
-
-    bf16_s, low = _timed(bf16, 1)
+    fp32_s, fp32 = _timed(lambda: generate_ids(model, batch, forced), 2)
+    set_precision(model, "bf16")
+    bf16_s, low = _timed(lambda: generate_ids(model, batch, forced), 2)
     same = sum(a == b for a, b in zip(fp32, low))
+    first = sum(a[:10] == b[:10] for a, b in zip(fp32, low))
     return (
-        f"bf16 autocast at batch {size}: {size * new_tokens / bf16_s:.1f} tok/s vs float32 "
-        f"{size * new_tokens / fp32_s:.1f} tok/s ({fp32_s / bf16_s:.2f}x); "
-        f"identical answers {same}/{size}"
+        f"decoder in bfloat16 at batch {size} (native bfloat16: {native_bfloat16()}): "
+        f"{size * new_tokens / bf16_s:.1f} tok/s vs float32 {size * new_tokens / fp32_s:.1f} "
+        f"tok/s ({fp32_s / bf16_s:.2f}x); same {new_tokens} tokens {same}/{size}, same first "
+        f"10 {first}/{size} (answers on the demo test set: bench/precision.py)"
     )
 
 
@@ -288,25 +291,30 @@ def classifier_rows(chatnt: ChatNT, records: int) -> list[str]:
 
 
 def batch_rows(checkpoint: Path, records: int, lengths: list[int], threads: int) -> list[str]:
+    """``chatnt batch`` at each length in float32, then the first length with
+    ``--precision bf16``."""
     rng = random.Random(2)
     lines = [
-        f"{'length':>7} {'records':>8} {'wall s':>7} {'records/s (wall)':>17} "
+        f"{'length':>7} {'precision':>9} {'records':>8} {'wall s':>7} {'records/s (wall)':>17} "
         f"{'records/s (answering)':>22} {'peak RSS GB':>12}"
     ]
+    runs = [(length, "fp32") for length in lengths] + [(lengths[0], "bf16")]
     with tempfile.TemporaryDirectory() as tmp:
-        for length in lengths:
+        for length, precision in runs:
             fasta = Path(tmp) / f"r{length}.fna"
-            fasta.write_text(
-                "".join(f">r{i}\n{_dna(length, rng)}\n" for i in range(records)), encoding="utf-8"
-            )
-            out = Path(tmp) / f"r{length}.tsv"
+            if not fasta.exists():
+                fasta.write_text(
+                    "".join(f">r{i}\n{_dna(length, rng)}\n" for i in range(records)),
+                    encoding="utf-8",
+                )
+            out = Path(tmp) / f"r{length}-{precision}.tsv"
             arguments = [
                 "batch", str(checkpoint), "--fasta", str(fasta), "--question", BATCH_QUESTION,
-                "--out", str(out), "--no-progress",
+                "--out", str(out), "--no-progress", "--precision", precision,
             ]  # fmt: skip
             command = [sys.executable, "-c", _REPORTS_PEAK, *arguments]
             env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-            log = Path(tmp) / f"r{length}.log"
+            log = Path(tmp) / f"r{length}-{precision}.log"
             start = time.perf_counter()
             with log.open("w") as handle:
                 process = subprocess.run(command, env=env, stdout=handle, stderr=handle)
@@ -318,10 +326,21 @@ def batch_rows(checkpoint: Path, records: int, lengths: list[int], threads: int)
             answering = _answering_seconds(stdout)
             rate = f"{records / answering:.2f}" if answering else "n/a"
             lines.append(
-                f"{length:>7} {records:>8} {wall:>7.1f} {records / wall:>17.2f} {rate:>22} "
-                f"{peak:>12.2f}"
+                f"{length:>7} {precision:>9} {records:>8} {wall:>7.1f} {records / wall:>17.2f} "
+                f"{rate:>22} {peak:>12.2f}"
             )
+        reference = Path(tmp) / f"r{lengths[0]}-fp32.tsv"
+        low = Path(tmp) / f"r{lengths[0]}-bf16.tsv"
+        same = sum(a == b for a, b in zip(_answers(reference), _answers(low)))
+        lines.append(f"bf16 answers equal to fp32's at {lengths[0]} bp: {same}/{records}")
     return lines
+
+
+def _answers(table: Path) -> list[str]:
+    """The answer column of a ``chatnt batch`` TSV, in record order."""
+    rows = [line.split("\t") for line in table.read_text(encoding="utf-8").splitlines()]
+    column = rows[0].index("answer")
+    return [row[column] for row in rows[1:]]
 
 
 # ``chatnt batch`` run so that it prints its own peak resident memory when it exits. Not
@@ -390,7 +409,7 @@ def main() -> None:
                 chatnt, args.batch_sizes, args.new_tokens, args.recompute_tokens, True
             ):
                 print(line)
-        print(bf16_line(untrained_chatnt.model, 8, min(args.new_tokens, 10)))  # bf16: slow
+        print(bf16_line(untrained_chatnt.model, 8, args.new_tokens))
         print()
         del untrained_chatnt
         for line in classifier_rows(chatnt, 64):

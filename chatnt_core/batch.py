@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from chatnt_core.errors import ChatNTError, PromptError
 from chatnt_core.fasta import FastaRecord
 from chatnt_core.modality import Modality
+from chatnt_core.precision import Precision, precision_of
 from chatnt_core.progress import PeriodicLines
 from chatnt_core.prompt import SequenceInput, find_tags
 from chatnt_core.training.state_io import write_json
@@ -136,9 +137,14 @@ def job_record(
 
 _JOB_FIELDS = {
     "question": "another question",
+    "precision": "another --precision",
     "model": "another checkpoint (or its calibration changed)",
     "records": "another FASTA (or the records changed)",
 }
+
+
+# fields that files written before they existed hold implicitly
+_ABSENT_MEANS = {"precision": "fp32"}
 
 
 def check_job(out: Path, job: Mapping[str, Any], has_rows: bool) -> None:
@@ -152,7 +158,7 @@ def check_job(out: Path, job: Mapping[str, Any], has_rows: bool) -> None:
         raise ChatNTError(
             f"{path} cannot be read ({error}); give another --out or delete {out} and {path}"
         ) from None
-    changed = [key for key in job if before.get(key) != job[key]]
+    changed = [key for key in job if before.get(key, _ABSENT_MEANS.get(key)) != job[key]]
     if changed:
         key = changed[0]
         what = _JOB_FIELDS.get(key, f"another --{key.replace('_', '-')} ({before.get(key)!r})")
@@ -456,6 +462,8 @@ def run_batch(
         "max_new_tokens": max_new_tokens,
     }
     settings.update({"temperature": temperature, "seed": seed})
+    model = getattr(chatnt, "model", None)  # bfloat16 answers differ by rounding
+    settings["precision"] = (precision_of(model) if model is not None else Precision.FP32).value
     written_for = job_record(chatnt, records, question, settings)
     check_job(out, written_for, bool(done))
     state.wait_for_everyone()  # every rank has read the done rows before any writes

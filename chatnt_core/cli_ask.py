@@ -52,7 +52,10 @@ TemperatureOption = Annotated[float, typer.Option(min=0.0, help="0 = greedy")]
 SeedOption = Annotated[int | None, typer.Option(help="seed for temperature sampling")]
 PrecisionOption = Annotated[
     Precision,
-    typer.Option(help="decoder weights: fp32, or bf16 (faster where the CPU has native bfloat16)"),
+    typer.Option(
+        help="decoder weights: fp32, or bf16 (about 2x faster on CPUs with native bfloat16, "
+        "several times slower on others; answers may differ by rounding)"
+    ),
 ]
 
 CHAT_HELP = """commands:

@@ -17,10 +17,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import torch
+from torch import nn
 
 from chatnt_core.api import Answer
 from chatnt_core.batch import COLUMNS, merge, parts_dir, run_batch, tsv_line
@@ -248,6 +251,23 @@ def test_resuming_with_another_question_fasta_or_setting_is_refused(tmp_path: Pa
         assert "give another --out" in str(caught.value)
     report = run(EchoBot(), out)  # the same job resumes
     assert report.complete and report.skipped == 3
+
+
+def test_resuming_in_another_precision_is_refused(tmp_path: Path) -> None:
+    """bfloat16 answers differ from float32's by rounding: one file holds one precision
+    (a job file from before the field existed counts as float32)."""
+    out = tmp_path / "res.tsv"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run(EchoBot(fail_on_call=2), out)
+    job_file = tmp_path / "res.tsv.job.json"
+    job = json.loads(job_file.read_text())
+    assert job.pop("precision") == "fp32"
+    job_file.write_text(json.dumps(job))  # as an older version wrote it
+    low = EchoBot()
+    low.model = SimpleNamespace(decoder=nn.Linear(2, 2).to(torch.bfloat16))  # type: ignore[attr-defined]
+    with pytest.raises(ChatNTError, match=re.escape("another --precision")):
+        run_batch(low, make_records(), QUESTION, out, progress=False, batch_size=3)  # type: ignore[arg-type]
+    assert run(EchoBot(), out).complete  # float32 resumes the older file
 
 
 def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(
