@@ -32,8 +32,8 @@ import torch
 
 from chatnt_core import ChatNTModel, Example, GenerationConfig, SequenceInput, Turn
 from chatnt_core.config import parse_config
-from chatnt_core.generation import generate_ids
-from chatnt_core.scoring import CandidateScores, score_candidates, score_candidates_naive
+from chatnt_core.inference.generation import generate_ids
+from chatnt_core.inference.scoring import CandidateScores, score_candidates, score_candidates_naive
 
 POSITIVE = [
     "Yes",

@@ -57,10 +57,10 @@ import torch
 from chatnt_core import ChatNTModel
 from chatnt_core.api import ChatNT
 from chatnt_core.config import parse_config, read_yaml
-from chatnt_core.drafting import batch_references
-from chatnt_core.generation import GenerationConfig, generate_ids
+from chatnt_core.inference.drafting import batch_references
+from chatnt_core.inference.generation import GenerationConfig, generate_ids
+from chatnt_core.inference.precision import native_bfloat16, set_precision
 from chatnt_core.model_store import quiet_hf_progress_bars
-from chatnt_core.precision import native_bfloat16, set_precision
 from chatnt_core.training import checkpoint as ckpt
 from chatnt_core.training.config import training_preset_path
 
@@ -243,7 +243,7 @@ def classifier_rows(chatnt: ChatNT, records: int) -> list[str]:
     the rows whose greedy answer is not one of the scored phrasings). Answers must agree."""
     from chatnt_core.api import GreedyAnswers
     from chatnt_core.batching import Example
-    from chatnt_core.generation import continue_from, run_prompt, stop_token_ids
+    from chatnt_core.inference.generation import continue_from, run_prompt, stop_token_ids
     from chatnt_core.prompt import Turn, as_sequence_inputs
 
     rng = random.Random(1)

@@ -24,8 +24,8 @@ import torch
 
 from chatnt_core.evaluation.calibrate import load_calibration
 from chatnt_core.evaluation.evaluate import evaluate_model
+from chatnt_core.inference.precision import native_bfloat16, set_precision
 from chatnt_core.model_store import quiet_hf_progress_bars
-from chatnt_core.precision import native_bfloat16, set_precision
 from chatnt_core.training.checkpoint import load_model_from_checkpoint, resolve_checkpoint
 
 

@@ -39,10 +39,10 @@ import torch
 
 from chatnt_core.batching import Example
 from chatnt_core.calibration import class_probabilities
-from chatnt_core.conversation import ChatSession
-from chatnt_core.drafting import batch_references
 from chatnt_core.errors import ChatNTError
-from chatnt_core.generation import (
+from chatnt_core.inference.conversation import ChatSession
+from chatnt_core.inference.drafting import batch_references
+from chatnt_core.inference.generation import (
     GenerationConfig,
     PromptState,
     continue_from,
@@ -51,15 +51,15 @@ from chatnt_core.generation import (
     run_prompt,
     stop_token_ids,
 )
+from chatnt_core.inference.precision import as_precision, set_precision
 from chatnt_core.model import ChatNTModel
-from chatnt_core.precision import as_precision, set_precision
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, find_tags
 
 if TYPE_CHECKING:
     from chatnt_core.data.tasks import TaskCard
-    from chatnt_core.encoding_cache import EncodingCache
     from chatnt_core.evaluation.calibrate import TaskCalibration
     from chatnt_core.evaluation.parsing import TaskMatch
+    from chatnt_core.inference.encoding_cache import EncodingCache
 
 Sequences = Mapping[str, str | SequenceInput]
 
@@ -155,7 +155,7 @@ class ChatNT:
 
         Its ``calibration.json``, when present, supplies per-task Platt calibrators.
         ``precision="bf16"`` holds the decoder's weights in bfloat16
-        (``chatnt_core.precision``: faster on CPUs with native bfloat16).
+        (``chatnt_core.inference.precision``: faster on CPUs with native bfloat16).
         """
         from chatnt_core.evaluation.calibrate import load_calibration
         from chatnt_core.training.checkpoint import load_model_from_checkpoint, resolve_checkpoint

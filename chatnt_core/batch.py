@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from chatnt_core.errors import ChatNTError, PromptError
 from chatnt_core.fasta import FastaRecord
+from chatnt_core.inference.precision import Precision, precision_of
 from chatnt_core.modality import Modality
-from chatnt_core.precision import Precision, precision_of
 from chatnt_core.progress import PeriodicLines
 from chatnt_core.prompt import SequenceInput, find_tags
 from chatnt_core.training.state_io import write_json

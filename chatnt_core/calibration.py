@@ -12,7 +12,7 @@ would score like a confident "yes", and values in (0, 1] used as logits cap ever
 probability within [0.27, 0.73], against the paper's Fig. 6 (predictions of 0.9).
 We read it as the standard perplexity the text names: per phrasing
 ``pp_i = exp(-mean_j log p_ij)`` over its tokens (the answer text and EOS, see
-``chatnt_core.scoring``), per class the mean over its N phrasings, and since a lower
+``chatnt_core.inference.scoring``), per class the mean over its N phrasings, and since a lower
 perplexity means a better fit the class logits are ``-pp_pos`` and ``-pp_neg``;
 ``P(positive) = softmax(-pp)[pos] = sigmoid(pp_neg - pp_pos)``.
 
@@ -45,11 +45,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatnt_core.batching import Example
-from chatnt_core.scoring import CandidateScores, score_candidates
+from chatnt_core.inference.scoring import CandidateScores, score_candidates
 
 if TYPE_CHECKING:
-    from chatnt_core.encoding_cache import EncodingCache
-    from chatnt_core.generation import PromptState
+    from chatnt_core.inference.encoding_cache import EncodingCache
+    from chatnt_core.inference.generation import PromptState
     from chatnt_core.model import ChatNTModel
 
 Formulation = Literal["paper", "as_printed", "candidate_softmax"]

@@ -163,7 +163,7 @@ class Decoder(nn.Module, ABC):
     pad_token_id: int
     # ``forward`` also takes a (B, 1, T, T_past + T) bool attention grid (True: query t may
     # attend key s) instead of the (B, T_past + T) padding mask; answer scoring then puts
-    # all phrasings of a prompt in one row (chatnt_core/candidate_tree.py)
+    # all phrasings of a prompt in one row (chatnt_core/inference/candidate_tree.py)
     supports_tree_attention: bool = False
 
     @abstractmethod

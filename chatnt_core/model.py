@@ -35,18 +35,18 @@ from chatnt_core.config import (
     resolve_config,
 )
 from chatnt_core.contracts import Component, check_encoder_output, check_projection_output
-from chatnt_core.encoding_cache import EncodingCache, weights_version
 from chatnt_core.errors import PromptError
-from chatnt_core.interfaces import Decoder, Encoder, Projection
-from chatnt_core.merge import merge_sequence_embeddings
-from chatnt_core.modality import Modality
-from chatnt_core.plugins import PluginRegistry
-from chatnt_core.prefix_cache import (
+from chatnt_core.inference.encoding_cache import EncodingCache, weights_version
+from chatnt_core.inference.prefix_cache import (
     PrefixCache,
     drop_prefix,
     frozen_columns,
     shared_prefix_length,
 )
+from chatnt_core.interfaces import Decoder, Encoder, Projection
+from chatnt_core.merge import merge_sequence_embeddings
+from chatnt_core.modality import Modality
+from chatnt_core.plugins import PluginRegistry
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, rename_tags
 
 
@@ -80,7 +80,7 @@ class ChatNTModel(nn.Module):
             if slot.cache_size > 0
         }
         # Keys and values of the prompt prefix all rows share, reused while the decoder is
-        # frozen (see chatnt_core/prefix_cache.py); switch off to run every row in full.
+        # frozen (see chatnt_core/inference/prefix_cache.py); switch off to run every row in full.
         self.use_prefix_cache = True
         self.prefix_cache = PrefixCache()
         # Logits only from the first position that predicts an answer token; off computes
@@ -414,7 +414,7 @@ class ChatNTModel(nn.Module):
         seed: int | None = None,
     ) -> list[str]:
         """Answer single-turn questions in one padded batch (greedy unless temperature > 0)."""
-        from chatnt_core.generation import GenerationConfig, generate_ids
+        from chatnt_core.inference.generation import GenerationConfig, generate_ids
 
         batch = self.prompt_batch(questions, sequences)
         config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)

@@ -8,8 +8,8 @@ from training_helpers import lora_tiny_model
 
 from chatnt_core import ChatNTModel, Example, SequenceInput, Turn
 from chatnt_core.adapter_gate import gate_of, placeholder_gate, row_gate
-from chatnt_core.generation import GenerationConfig, generate_ids
-from chatnt_core.scoring import score_candidates, score_candidates_naive
+from chatnt_core.inference.generation import GenerationConfig, generate_ids
+from chatnt_core.inference.scoring import score_candidates, score_candidates_naive
 
 DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"
 TAGGED = "Is there a TATA box in @p.fna?"

@@ -19,7 +19,7 @@ from chatnt_core.data.tasks import TaskCard
 from chatnt_core.errors import ChatNTError, TagWithoutSequenceError
 from chatnt_core.evaluation.calibrate import TaskCalibration, save_calibration
 from chatnt_core.evaluation.data import binary_phrasings
-from chatnt_core.generation import GenerationConfig, generate_ids
+from chatnt_core.inference.generation import GenerationConfig, generate_ids
 from chatnt_core.modality import Modality
 from chatnt_core.model import ChatNTModel
 from chatnt_core.training import checkpoint as ckpt

@@ -19,7 +19,7 @@ from chatnt_core.calibration import (
     reliability_curve,
     yes_probability,
 )
-from chatnt_core.scoring import CandidateScores, score_candidates_naive
+from chatnt_core.inference.scoring import CandidateScores, score_candidates_naive
 
 DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"
 POSITIVE = ["yes", "It is a promoter"]

@@ -30,7 +30,7 @@ from chatnt_core import ChatNTModel
 from chatnt_core.batching import position_ids_from_mask
 from chatnt_core.cli import main
 from chatnt_core.convert import official_rules
-from chatnt_core.generation import GenerationConfig, generate_ids
+from chatnt_core.inference.generation import GenerationConfig, generate_ids
 
 TOLERANCE = 1e-4
 CASES = ["case_one", "case_two"]  # one and two sequences per prompt

@@ -12,10 +12,10 @@ from training_helpers import lora_tiny_model
 from transformers import DynamicCache
 
 from chatnt_core import ChatNTModel
-from chatnt_core.adapter_decoding import lean_adapters, uniform_gate
 from chatnt_core.adapter_gate import adapters_gated
-from chatnt_core.generation import GenerationConfig, generate_ids, select_cache_rows
-from chatnt_core.rows_first import linear, rows_first
+from chatnt_core.inference.adapter_decoding import lean_adapters, uniform_gate
+from chatnt_core.inference.generation import GenerationConfig, generate_ids, select_cache_rows
+from chatnt_core.inference.rows_first import linear, rows_first
 from chatnt_hf_decoders.kv_cache import ReservedLayer, reserve
 
 DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"

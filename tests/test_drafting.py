@@ -13,7 +13,7 @@ from training_helpers import lora_tiny_model
 from chatnt_core import ChatNTModel
 from chatnt_core.api import ChatNT
 from chatnt_core.data.tasks import get_task_card
-from chatnt_core.drafting import (
+from chatnt_core.inference.drafting import (
     REFERENCE,
     Acceptance,
     NgramDrafter,
@@ -21,7 +21,7 @@ from chatnt_core.drafting import (
     batch_references,
     card_references,
 )
-from chatnt_core.generation import GenerationConfig, generate_ids
+from chatnt_core.inference.generation import GenerationConfig, generate_ids
 
 DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"
 
@@ -209,7 +209,7 @@ def test_chatnt_generate_drafts_from_the_matched_card() -> None:
 
 def test_drafting_keeps_the_prompt_state_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     """Multi-token steps write into the reserved copy, never into the prompt's cache."""
-    from chatnt_core.generation import continue_from, run_prompt
+    from chatnt_core.inference.generation import continue_from, run_prompt
 
     model = lora_tiny_model(None)
     batch = _batch(model)
@@ -252,7 +252,7 @@ def test_guesses_no_row_kept_leave_the_cache(monkeypatch: pytest.MonkeyPatch) ->
 def test_chat_turns_draft_from_the_card_they_ask_about(monkeypatch: pytest.MonkeyPatch) -> None:
     """A conversation passes the matched card's phrasings (with the tag as the prompt
     shows it) to decoding; the answers are those of decoding without guesses."""
-    import chatnt_core.conversation as conversation
+    import chatnt_core.inference.conversation as conversation
 
     seen: list[Any] = []
     generate = conversation.generate_ids

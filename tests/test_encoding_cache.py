@@ -10,7 +10,7 @@ import yaml
 
 from chatnt_core import ChatNTModel, EncodingCache
 from chatnt_core.config import parse_config
-from chatnt_core.encoding_cache import weights_version
+from chatnt_core.inference.encoding_cache import weights_version
 from chatnt_core.modality import Modality
 from chatnt_core.presets import preset_path
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-import chatnt_core.generation
+import chatnt_core.inference.generation
 from chatnt_core.cli import main
 from chatnt_core.data.demo import DEMO_TASKS, write_demo
 from chatnt_core.data.tasks import TaskCard, load_task_cards
@@ -153,7 +153,7 @@ def test_oracle_answers_score_perfectly(
 
     monkeypatch.setattr(model, "tokenize", Batch)
     monkeypatch.setattr(model.decoder, "detokenize", lambda ids: said[ids[0]])
-    monkeypatch.setattr(chatnt_core.generation, "generate_ids", generate)
+    monkeypatch.setattr(chatnt_core.inference.generation, "generate_ids", generate)
     monkeypatch.setattr(evaluate_module, "positive_probabilities", probabilities)
     report = evaluate_model(model, demo, None, batch_size=4)
     for name, evaluation in report.tasks.items():
@@ -376,11 +376,11 @@ def test_answers_decoded_by_scoring_are_the_generated_answers(
     dataset = open_split(demo, "test")
     rows, _ = task_rows(dataset, cards, ["demo-ctcf-site"], 6, seed=0, where="test")
     records = read_records(dataset, rows["demo-ctcf-site"])
-    config = chatnt_core.generation.GenerationConfig(max_new_tokens=6)
+    config = chatnt_core.inference.generation.GenerationConfig(max_new_tokens=6)
     plain = data_module.generate_answers(model, records, 4, 6)
     sequence_of = [r["sequences"][0]["sequence"] for r in records]
     ids_of = [
-        chatnt_core.generation.generate_ids(
+        chatnt_core.inference.generation.generate_ids(
             model, model.tokenize([data_module.record_to_example(r, with_answers=False)]), config
         )[0]
         for r in records
@@ -402,9 +402,9 @@ def test_answers_decoded_by_scoring_are_the_generated_answers(
     assert all(decoded[i] == plain[i] for i in decoded)
 
     generated: list[int] = []
-    real_generate = chatnt_core.generation.generate_ids
+    real_generate = chatnt_core.inference.generation.generate_ids
     monkeypatch.setattr(
-        chatnt_core.generation,
+        chatnt_core.inference.generation,
         "generate_ids",
         lambda m, batch, config: (
             generated.append(batch.input_ids.shape[0]) or real_generate(m, batch, config)

@@ -16,7 +16,7 @@ from chatnt_core.batching import IGNORE_INDEX, tokenize_example
 from chatnt_core.cli import main
 from chatnt_core.config import PromptConfig, parse_config
 from chatnt_core.errors import PlaceholderCountError, PromptError, PromptTooLongError
-from chatnt_core.generation import generate_ids
+from chatnt_core.inference.generation import generate_ids
 from chatnt_core.merge import merge_sequence_embeddings
 from chatnt_core.modality import Modality
 from chatnt_core.presets import preset_path
@@ -340,7 +340,7 @@ def test_rows_that_stop_early_leave_the_batch_without_changing_any_answer(
 ) -> None:
     """Rows stop at different steps (the stop tokens are picked from a first run), so the
     decoding batch shrinks twice; the tokens equal the uncached run's and one-by-one runs."""
-    import chatnt_core.generation as generation
+    import chatnt_core.inference.generation as generation
 
     model = sharp_tiny_model()
     questions = ["Is @a.fna GC-rich?", "Hi", "Is there a CTCF site in @b.fna?", "Why @a.fna?"]

@@ -10,7 +10,7 @@ from training_helpers import lora_tiny_model
 
 from chatnt_core.api import ChatNT
 from chatnt_core.errors import ConfigError
-from chatnt_core.precision import as_precision, native_bfloat16, set_precision
+from chatnt_core.inference.precision import as_precision, native_bfloat16, set_precision
 
 
 def test_bf16_casts_the_decoder_weights_only() -> None:

@@ -7,7 +7,7 @@ import torch
 
 from chatnt_core import ChatNTModel, Example, SequenceInput, Turn
 from chatnt_core.batching import IGNORE_INDEX
-from chatnt_core.prefix_cache import drop_prefix, frozen_columns, shared_prefix_length
+from chatnt_core.inference.prefix_cache import drop_prefix, frozen_columns, shared_prefix_length
 
 DNA = "TATAAAAGGCGCGCTTAGCATCGATCGATCGGGCTA"
 

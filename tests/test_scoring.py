@@ -9,7 +9,7 @@ from tiny_models import sharp_tiny_model
 from chatnt_core import ChatNTModel, Example, SequenceInput, Turn
 from chatnt_core.batching import position_ids_from_mask
 from chatnt_core.errors import PromptError
-from chatnt_core.scoring import (
+from chatnt_core.inference.scoring import (
     answer_token_ids,
     score_candidates,
     score_candidates_naive,
@@ -126,7 +126,7 @@ def test_bad_inputs_are_refused(model: ChatNTModel) -> None:
 def test_prefix_cache_and_logit_budget_keep_scores_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """A decoder whose outputs depend on content and positions (large weights): the shared
     prefix cache and budget-sized row chunks change nothing in the scores."""
-    from chatnt_core import scoring
+    from chatnt_core.inference import scoring
 
     sharp = sharp_tiny_model()
     same_start = [
@@ -147,7 +147,7 @@ def test_prefix_cache_and_logit_budget_keep_scores_exact(monkeypatch: pytest.Mon
 
 
 def test_the_scoring_budget_counts_cache_copies_and_logits() -> None:
-    from chatnt_core import scoring
+    from chatnt_core.inference import scoring
 
     model = ChatNTModel.from_config("tiny-random").eval()
     batch = model.tokenize(prompts())

@@ -11,9 +11,9 @@ import torch
 from tiny_models import sharp_tiny_model
 
 from chatnt_core import ChatNT, ChatNTModel, Example, SequenceInput, Turn
-from chatnt_core.candidate_tree import attention_grid, build_tree, node_count
-from chatnt_core.generation import GenerationConfig, generate_ids
-from chatnt_core.scoring import score_answer_ids, score_candidates
+from chatnt_core.inference.candidate_tree import attention_grid, build_tree, node_count
+from chatnt_core.inference.generation import GenerationConfig, generate_ids
+from chatnt_core.inference.scoring import score_answer_ids, score_candidates
 
 SEQ = "ACGTTGCA" * 6
 

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from chatnt_core.cli_ask import PrecisionOption
-from chatnt_core.precision import Precision, set_precision
+from chatnt_core.cli.ask import PrecisionOption
+from chatnt_core.inference.precision import Precision, set_precision
 
 
 def _task_list(tasks: str | None) -> list[str] | None:

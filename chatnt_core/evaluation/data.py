@@ -159,7 +159,7 @@ def generate_answers(
     ``positive_probabilities``); those records are not decoded again. With a ``shard``,
     this process answers its own batches and the others' answers are gathered
     (``evaluation/shard.py``); every process returns all answers."""
-    from chatnt_core.generation import GenerationConfig, generate_ids
+    from chatnt_core.inference.generation import GenerationConfig, generate_ids
 
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     known = known or {}
@@ -205,7 +205,7 @@ def positive_probabilities(
     it already (``CandidateScores.greedy_answers``); with a shard, every process's.
     """
     from chatnt_core.calibration import class_probabilities
-    from chatnt_core.generation import GenerationConfig, stop_token_ids
+    from chatnt_core.inference.generation import GenerationConfig, stop_token_ids
 
     stops = stop_token_ids(model, GenerationConfig(max_new_tokens=max_new_tokens))
     positive, negative = binary_phrasings(card)

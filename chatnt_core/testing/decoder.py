@@ -221,7 +221,7 @@ def _rest_matches_full_forward(
 
 
 def check_kv_cache_with_guesses(case: DecoderCase) -> None:
-    """As greedy generation checks guessed tokens (``chatnt_core.drafting``): a cached
+    """As greedy generation checks guessed tokens (``chatnt_core.inference.drafting``): a cached
     step of several tokens, one of them a wrong guess that is then masked out in the
     middle of the cache, must give the logits of a full forward without it."""
     first, out, mask = _guessed_step(case)

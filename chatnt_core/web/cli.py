@@ -12,9 +12,9 @@ from typing import Annotated
 
 import typer
 
-from chatnt_core.cli_ask import PrecisionOption
+from chatnt_core.cli.ask import PrecisionOption
 from chatnt_core.errors import ChatNTError
-from chatnt_core.precision import Precision
+from chatnt_core.inference.precision import Precision
 
 PASSWORD_VARIABLE = "CHATNT_PASSWORD"
 

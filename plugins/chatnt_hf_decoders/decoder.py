@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from chatnt_core.errors import ConfigError
+from chatnt_core.inference.rows_first import rows_first
 from chatnt_core.interfaces import Decoder, DecoderOutput
 from chatnt_core.model_store import (
     load_gguf_model,
@@ -37,7 +38,6 @@ from chatnt_core.model_store import (
     resolve_decoder_path,
 )
 from chatnt_core.plugins import BuildContext
-from chatnt_core.rows_first import rows_first
 from chatnt_hf_decoders.byte_tokenizer import build_byte_tokenizer
 from chatnt_hf_decoders.kv_cache import drop_tail, reserve
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from chatnt_core.batching import IGNORE_INDEX
-from chatnt_core.encoding_cache import weights_version
+from chatnt_core.inference.encoding_cache import weights_version
 from chatnt_core.interfaces import Decoder
 
 

@@ -19,7 +19,7 @@ rows in a whole model (where the microbenchmark above misleads) and results larg
 ``MAX_OUTPUT``. The decoder plugin swaps its layers only inside its own calls, without
 autograd (:func:`rows_first`): the transformers model itself, training, and anything
 else that calls it (``generate``) keep the stock layers. LoRA layers while decoding
-(``chatnt_core.adapter_decoding``) call :func:`linear` directly. The results are the same
+(``chatnt_core.inference.adapter_decoding``) call :func:`linear` directly. The results are the same
 sums in another order (differences around 1e-6 relative).
 
 Measured on one CPU family only: ``CHATNT_ROWS_FIRST=0`` turns it off, and

@@ -5,7 +5,7 @@ card's own phrasings ("No, @a.fna does not contain a CTCF motif."). A decoding s
 small batch reads every weight once whatever the number of tokens it feeds, so feeding a
 row's next token together with a guess of the few after it costs little more than feeding
 the token alone; the decoder then checks the guess and keeps its longest correct part
-(``chatnt_core.generation``). The guess here is the lookup the literature calls prompt
+(``chatnt_core.inference.generation``). The guess here is the lookup the literature calls prompt
 lookup decoding: find the row's last n tokens earlier in its context (the prompt, the
 answer so far, then any reference texts such as the card's phrasings) and propose what
 followed them there. No draft model, no training; a wrong guess costs only its share of

@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from chatnt_core.batching import Example
-from chatnt_core.drafting import batch_references
-from chatnt_core.encoding_cache import EncodingCache
 from chatnt_core.errors import PromptError, UnusedSequenceError
-from chatnt_core.generation import GenerationConfig, generate_ids
+from chatnt_core.inference.drafting import batch_references
+from chatnt_core.inference.encoding_cache import EncodingCache
+from chatnt_core.inference.generation import GenerationConfig, generate_ids
 from chatnt_core.model import ChatNTModel
 from chatnt_core.prompt import SequenceInput, Turn, as_sequence_inputs, find_tags
 
@@ -38,7 +38,7 @@ class ChatSession:
     ) -> str:
         """Answer ``message``; ``sequences`` binds tags first used in it. ``card``, the
         task the message asks about, lends its answer phrasings to greedy decoding as
-        guesses to check (``chatnt_core.drafting``): faster, never different."""
+        guesses to check (``chatnt_core.inference.drafting``): faster, never different."""
         new = as_sequence_inputs(sequences or {})
         for name, record in new.items():
             known = self.sequences.get(name)

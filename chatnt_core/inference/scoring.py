@@ -28,13 +28,13 @@ import torch.nn.functional as F
 
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import Example, ModelBatch, position_ids_from_mask, tokenize_example
-from chatnt_core.candidate_tree import attention_grid, build_tree, node_count
 from chatnt_core.errors import PromptError
-from chatnt_core.generation import PromptState, run_prompt, select_cache_rows
+from chatnt_core.inference.candidate_tree import attention_grid, build_tree, node_count
+from chatnt_core.inference.generation import PromptState, run_prompt, select_cache_rows
 from chatnt_core.prompt import Turn
 
 if TYPE_CHECKING:
-    from chatnt_core.encoding_cache import EncodingCache
+    from chatnt_core.inference.encoding_cache import EncodingCache
     from chatnt_core.model import ChatNTModel
 
 
@@ -235,7 +235,7 @@ def score_candidates(
     ``prompts`` are conversations ending on an unanswered user message, or the
     ``ModelBatch`` of such prompts (left-padded). Decoders that take an attention grid
     (``Decoder.supports_tree_attention``) score all candidates of a prompt in one row
-    (``chatnt_core/candidate_tree.py``); others get one row per candidate, each with a
+    (``chatnt_core/inference/candidate_tree.py``); others get one row per candidate, each with a
     copy of its prompt's KV cache. ``max_rows`` caps the candidate rows of one decoder
     call; ``None`` sizes calls to a memory budget.
     """

@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from chatnt_core.cli_ask import ask_command, batch_command, chat_command
-from chatnt_core.cli_convert import convert_app
-from chatnt_core.cli_models import models_app
+from chatnt_core.cli.ask import ask_command, batch_command, chat_command
+from chatnt_core.cli.convert import convert_app
+from chatnt_core.cli.models import models_app
 from chatnt_core.config import load_config, resolve_config
 from chatnt_core.data.cli import data_app
 from chatnt_core.errors import ChatNTError, ConfigError
@@ -177,7 +177,7 @@ def generate(
     seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Assemble a model from a config and answer one question (weights as the config says)."""
-    from chatnt_core.cli_ask import parse_seq_options
+    from chatnt_core.cli.ask import parse_seq_options
     from chatnt_core.modality import Modality
     from chatnt_core.model import ChatNTModel
 
@@ -243,7 +243,3 @@ def main(argv: list[str] | None = None) -> None:
             raise  # the full traceback, for bug reports and plugin authors
         typer.echo(f"error: {exc}", err=True)
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from chatnt_core.errors import ChatNTError
+from chatnt_core.inference.precision import Precision
 from chatnt_core.modality import Modality, modality_for_name, modality_from_path
-from chatnt_core.precision import Precision
 
 if TYPE_CHECKING:
     from chatnt_core.api import Answer, Conversation

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from chatnt_core.adapter_decoding import lean_adapters, uniform_gate
 from chatnt_core.adapter_gate import adapters_gated, placeholder_gate, row_gate
 from chatnt_core.batching import ModelBatch, position_ids_from_mask
-from chatnt_core.drafting import Acceptance, NgramDrafter, ReferenceIndex, common_prefix
 from chatnt_core.errors import PromptTooLongError
-from chatnt_core.prefix_cache import drop_prefix
+from chatnt_core.inference.adapter_decoding import lean_adapters, uniform_gate
+from chatnt_core.inference.drafting import Acceptance, NgramDrafter, ReferenceIndex, common_prefix
+from chatnt_core.inference.prefix_cache import drop_prefix
 
 if TYPE_CHECKING:
-    from chatnt_core.encoding_cache import EncodingCache
+    from chatnt_core.inference.encoding_cache import EncodingCache
     from chatnt_core.model import ChatNTModel
 
 
@@ -243,7 +243,7 @@ def continue_from(
     say where the gated adapters act; their width is the prompt length). Greedy decoding
     drafts up to ``config.draft_tokens`` tokens per row and step by n-gram lookup in the
     row's prompt, its answer so far and ``references[row]`` (token lists likely to be
-    copied, such as a task card's phrasings; ``chatnt_core.drafting``): one step feeds
+    copied, such as a task card's phrasings; ``chatnt_core.inference.drafting``): one step feeds
     each row's next token and its draft, and keeps the draft's longest prefix that the
     decoder itself would have picked. The tokens are those of plain greedy decoding.
     """

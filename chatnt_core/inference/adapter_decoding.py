@@ -7,7 +7,7 @@ others. When it is the same for every row, each adapted layer computes
 through its general forward (adapter loops, dtype casts, dropout, the gate's hook): on
 the SmolLM2 assembly (LoRA on four projections of 30 layers) that is a tenth of a
 decoding step at batch 8. :func:`lean_adapters` has each adapted layer compute the
-three products directly (rows-first, ``chatnt_core.rows_first``), or only the base
+three products directly (rows-first, ``chatnt_core.inference.rows_first``), or only the base
 product when the gate is 0.
 
 Measured (quickstart checkpoint, batch 8, 40 tokens): ``peft`` 4.44 s, lean 4.07 s, and
@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from chatnt_core import rows_first
 from chatnt_core.adapter_gate import gate_of
+from chatnt_core.inference import rows_first
 
 Forward = Callable[..., torch.Tensor]
 
