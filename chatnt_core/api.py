@@ -149,18 +149,24 @@ class ChatNT:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device: str | torch.device | None = None, precision: str = "fp32"
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
     ) -> ChatNT:
         """A trained checkpoint directory (or an output directory with ``latest``).
 
         Its ``calibration.json``, when present, supplies per-task Platt calibrators.
-        ``precision="bf16"`` holds the decoder's weights in bfloat16
-        (``chatnt_core.inference.precision``: faster on CPUs with native bfloat16).
+        ``precision="bf16"`` holds the decoder's weights in bfloat16, ``"fp32"`` in
+        float32 (``chatnt_core.inference.precision``: bfloat16 is faster on CPUs with
+        native bfloat16); None keeps them as the checkpoint's config loads them.
         """
         from chatnt_core.evaluation.calibrate import load_calibration
         from chatnt_core.training.checkpoint import load_model_from_checkpoint, resolve_checkpoint
 
-        as_precision(precision)  # a wrong name fails before the model loads
+        if precision is not None:
+            as_precision(precision)  # a wrong name fails before the model loads
         directory = resolve_checkpoint(path)
         calibrations = load_calibration(directory)  # a broken file fails before the model loads
         model = _placed(load_model_from_checkpoint(directory), device, precision)
@@ -172,10 +178,11 @@ class ChatNT:
         source: str | Path,
         *,
         device: str | torch.device | None = None,
-        precision: str = "fp32",
+        precision: str | None = None,
     ) -> ChatNT:
         """An assembly from a preset name or config YAML, weights as the config says."""
-        as_precision(precision)
+        if precision is not None:
+            as_precision(precision)
         return cls(_placed(ChatNTModel.from_config(source), device, precision), source=str(source))
 
     @classmethod
@@ -184,7 +191,7 @@ class ChatNT:
         source: str | Path,
         *,
         device: str | torch.device | None = None,
-        precision: str = "fp32",
+        precision: str | None = None,
     ) -> ChatNT:
         """A checkpoint directory, else a config file or preset name (what the CLI takes)."""
         from chatnt_core.presets import preset_names
@@ -451,9 +458,12 @@ class ChatNT:
         return Conversation(self, config)
 
 
-def _placed(model: ChatNTModel, device: str | torch.device | None, precision: str) -> ChatNTModel:
-    """``model`` on ``device`` (when given), its decoder in ``precision``."""
-    return set_precision(model if device is None else model.to(device), precision)
+def _placed(
+    model: ChatNTModel, device: str | torch.device | None, precision: str | None
+) -> ChatNTModel:
+    """``model`` on ``device`` and its decoder in ``precision`` (each when given)."""
+    model = model if device is None else model.to(device)
+    return model if precision is None else set_precision(model, precision)
 
 
 class Conversation:

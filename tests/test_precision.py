@@ -3,14 +3,24 @@ option, and a wrong name is a one-line error."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from test_cli_ask import CTCF_QUESTION, SEQ, run_cli
 from training_helpers import lora_tiny_model
 
 from chatnt_core.api import ChatNT
 from chatnt_core.errors import ConfigError
-from chatnt_core.inference.precision import as_precision, native_bfloat16, set_precision
+from chatnt_core.inference.precision import (
+    Precision,
+    as_precision,
+    native_bfloat16,
+    precision_of,
+    set_precision,
+)
+from chatnt_core.presets import registry_root
 
 
 def test_bf16_casts_the_decoder_weights_only() -> None:
@@ -48,3 +58,15 @@ def test_cli_takes_the_precision(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and "task: demo-ctcf-site" in out
     code, _, err = run_cli([*base, "--precision", "fp16"], capsys)
     assert code == 2 and "fp16" in err  # the option parser lists the choices
+
+
+def test_without_a_precision_the_config_dtype_stays(tmp_path: Path) -> None:
+    """A decoder the config loads in bfloat16 is not widened to float32 by default; an
+    explicit precision overrides it."""
+    config = yaml.safe_load((registry_root() / "models" / "tiny-random.yaml").read_text())
+    config["decoder"]["params"]["dtype"] = "bfloat16"
+    path = tmp_path / "bf16.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert precision_of(ChatNT.load(path).model) is Precision.BF16
+    assert precision_of(ChatNT.load(path, precision="fp32").model) is Precision.FP32
+    assert precision_of(ChatNT.load("tiny-random").model) is Precision.FP32

@@ -51,10 +51,11 @@ MaxTokensOption = Annotated[int, typer.Option(min=1)]
 TemperatureOption = Annotated[float, typer.Option(min=0.0, help="0 = greedy")]
 SeedOption = Annotated[int | None, typer.Option(help="seed for temperature sampling")]
 PrecisionOption = Annotated[
-    Precision,
+    Precision | None,
     typer.Option(
-        help="decoder weights: fp32, or bf16 (about 2x faster on CPUs with native bfloat16, "
-        "several times slower on others; answers may differ by rounding)"
+        help="decoder weights: bf16 (about 2x faster on CPUs with native bfloat16, several "
+        "times slower on others; answers may differ by rounding) or fp32; default: as the "
+        "checkpoint's config loads them (float32 unless it sets a dtype)"
     ),
 ]
 
@@ -147,7 +148,7 @@ def ask_command(
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
     seed: SeedOption = None,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the answer as JSON")] = False,
 ) -> None:
     """Answer one question; prints the answer and, for a known task, its parsed value.
@@ -158,7 +159,7 @@ def ask_command(
     from chatnt_core.api import ChatNT
 
     sequences = parse_seq_options(seq, modality)
-    bot = ChatNT.load(checkpoint, precision=precision.value)
+    bot = ChatNT.load(checkpoint, precision=precision)
     answer = bot.ask(
         question,
         sequences,
@@ -250,14 +251,14 @@ def chat_command(
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
     seed: SeedOption = None,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = None,
 ) -> None:
     """Multi-turn chat on standard input, one message per line (/help for commands)."""
     from chatnt_core.api import ChatNT
     from chatnt_core.prompt import find_tags
 
     tags, origin = _chat_sequences(fasta, seq or [], modality)
-    bot = ChatNT.load(checkpoint, precision=precision.value)
+    bot = ChatNT.load(checkpoint, precision=precision)
     chat = bot.chat(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -304,7 +305,7 @@ def batch_command(
     max_new_tokens: MaxTokensOption = 128,
     temperature: TemperatureOption = 0.0,
     seed: SeedOption = None,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = None,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """One row per FASTA record (id, answer, parsed value, probability); rerun to resume.
@@ -321,7 +322,7 @@ def batch_command(
     modality = modality or modality_from_path(fasta) or Modality.DNA
     records = read_fasta(fasta, modality)  # every malformation fails before the model loads
     state = process_state()
-    bot = ChatNT.load(checkpoint, device=state.device, precision=precision.value)
+    bot = ChatNT.load(checkpoint, device=state.device, precision=precision)
     try:
         report = run_batch(
             bot,

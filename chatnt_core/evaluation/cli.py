@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from chatnt_core.cli.ask import PrecisionOption
-from chatnt_core.inference.precision import Precision, set_precision
+from chatnt_core.inference.precision import set_precision
 
 
 def _task_list(tasks: str | None) -> list[str] | None:
@@ -41,7 +41,9 @@ def _check_data(
     return cards
 
 
-def _load(checkpoint: str, device: str | None = None, precision: str = "fp32") -> tuple[Path, Any]:
+def _load(
+    checkpoint: str, device: str | None = None, precision: str | None = None
+) -> tuple[Path, Any]:
     """The checkpoint directory and its model, on ``device`` (default: CUDA if present)."""
     import torch
 
@@ -57,7 +59,7 @@ def _load(checkpoint: str, device: str | None = None, precision: str = "fp32") -
             f"--device '{target}' is not a torch device (e.g. cpu, cuda, cuda:1)"
         ) from None
     model = load_model_from_checkpoint(directory).to(torch_device)
-    return directory, set_precision(model, precision)
+    return directory, model if precision is None else set_precision(model, precision)
 
 
 def evaluate_command(
@@ -96,7 +98,7 @@ def evaluate_command(
     device: Annotated[
         str | None, typer.Option(help="torch device (default: cuda if available, else cpu)")
     ] = None,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = None,
 ) -> None:
     """Score a checkpoint on a dataset's test split with each task's paper metric."""
     from chatnt_core.errors import ChatNTError
@@ -118,7 +120,7 @@ def evaluate_command(
     main = state is None or state.is_main_process
     if state is not None and device is None:
         device = str(state.device)
-    directory, model = _load(checkpoint, device, precision.value)
+    directory, model = _load(checkpoint, device, precision)
     out_dir = out if out is not None else directory / "evaluation"
     report = evaluate_model(
         model,

@@ -7,9 +7,11 @@ threads) the quickstart checkpoint evaluated the demo test set 1.85x faster than
 float32, with the same metrics within 0.006, but only 89% of the answers word for word
 the same (GC fractions moved by a few hundredths, phrasings swapped; ``bench/precision.py``
 prints these figures). On CPUs without native bfloat16 the products are emulated and
-several times slower (autocast ran at 0.14x float32 on an AVX2 EPYC). So float32 stays
-the default and bfloat16 is asked for: ``--precision bf16`` on ``chatnt ask``, ``chat``,
-``batch``, ``serve`` and ``evaluate``, ``ChatNT.from_pretrained(path, precision="bf16")``.
+several times slower (autocast ran at 0.14x float32 on an AVX2 EPYC). So the weights stay
+as the checkpoint's config loads them (float32 unless its decoder sets a ``dtype``) and
+bfloat16 is asked for: ``--precision bf16`` on ``chatnt ask``, ``chat``, ``batch``,
+``serve`` and ``evaluate``, ``ChatNT.from_pretrained(path, precision="bf16")``
+(``--precision fp32`` widens a decoder its config loads in bfloat16).
 A ``chatnt batch`` output file holds one precision: resuming it in the other is refused.
 
 Only the decoder changes: the encoder and projection are a small share of the work, and

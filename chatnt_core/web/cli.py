@@ -14,7 +14,6 @@ import typer
 
 from chatnt_core.cli.ask import PrecisionOption
 from chatnt_core.errors import ChatNTError
-from chatnt_core.inference.precision import Precision
 
 PASSWORD_VARIABLE = "CHATNT_PASSWORD"
 
@@ -53,7 +52,7 @@ def serve_command(
         float, typer.Option(help="seconds a request may wait, and a batch may run")
     ] = 300.0,
     max_new_tokens: Annotated[int, typer.Option(help="longest answer in tokens")] = 128,
-    precision: PrecisionOption = Precision.FP32,
+    precision: PrecisionOption = None,
 ) -> None:
     """Serve the chat, batch and model pages and the JSON API (one model, one request at
     a time). Binds to 127.0.0.1 unless --host says otherwise."""
@@ -77,5 +76,5 @@ def serve_command(
     from chatnt_core.web.server import serve
     from chatnt_core.web.service import WebService
 
-    bot = ChatNT.load(checkpoint, precision=precision.value)
+    bot = ChatNT.load(checkpoint, precision=precision)
     serve(WebService(bot, limits), host, port, auth)
