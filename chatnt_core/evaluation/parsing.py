@@ -499,15 +499,16 @@ def _score_cards(words: frozenset[str], cards: Sequence[TaskCard]) -> list[_Card
         return math.log((count + 1) / (seen + 0.5)) * (_NAME_WEIGHT if word in names else 1.0)
 
     weights = {w: weight(w) for w in words.union(*vocabularies)}
-    total = sum(weights[w] for w in words)
+    # fsum: exact, so the word sets' (hash-seeded) order cannot move a score past 1.0
+    total = math.fsum(weights[w] for w in words)
     scores = []
     for card, pool, vocabulary in zip(cards, pools, vocabularies):
         dice = []
         for other in pool:
-            size = total + sum(weights[w] for w in other)
-            dice.append(2 * sum(weights[w] for w in words & other) / size if size else 0.0)
+            size = total + math.fsum(weights[w] for w in other)
+            dice.append(2 * math.fsum(weights[w] for w in words & other) / size if size else 0.0)
         best = max(range(len(pool)), key=lambda i: dice[i])
-        coverage = sum(weights[w] for w in words & vocabulary) / total
+        coverage = math.fsum(weights[w] for w in words & vocabulary) / total
         top = sorted(dice, reverse=True)[:3]
         scores.append(
             _CardScore(
